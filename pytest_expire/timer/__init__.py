@@ -1,0 +1,40 @@
+"""Expiration timers: the API of ``torch.distributed.elastic.timer``, without torch.
+
+A worker arms a timer around a block of code::
+
+    from pytest_expire import timer
+
+    timer.configure(timer.LocalTimerClient(mp_queue))
+    with timer.expires(after=60):
+        train_step()
+
+and a server in another thread or process reaps the worker if the block has
+not finished in time. Servers here wake at the earliest deadline rather than
+polling, and signal only the process that armed the timer.
+"""
+
+from pytest_expire.timer.api import (
+    RequestQueue,
+    TimerClient,
+    TimerRequest,
+    TimerServer,
+    configure,
+    expires,
+)
+from pytest_expire.timer.local_timer import (
+    LocalTimerClient,
+    LocalTimerServer,
+    MultiprocessingRequestQueue,
+)
+
+__all__ = [
+    "LocalTimerClient",
+    "LocalTimerServer",
+    "MultiprocessingRequestQueue",
+    "RequestQueue",
+    "TimerClient",
+    "TimerRequest",
+    "TimerServer",
+    "configure",
+    "expires",
+]

@@ -1,0 +1,137 @@
+"""The live timers of a server, ordered by deadline.
+
+Every built-in server keeps its timers here so that registering, releasing and
+finding the next deadline cost O(log n) or less, and a server can sleep until
+exactly that deadline instead of polling.
+
+Timers are stored per worker (so clearing a reaped worker is O(its timers))
+and in a heap by expiration time. Releasing a timer does not touch the heap:
+its heap entry goes stale and is skipped, popped when it reaches the top, or
+dropped when stale entries outnumber live ones.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Hashable
+from typing import Generic, Protocol, TypeVar
+
+
+class _Timer(Protocol):
+    @property
+    def worker_id(self) -> Hashable: ...
+    @property
+    def scope_id(self) -> str: ...
+    @property
+    def expiration_time(self) -> float: ...
+
+
+T = TypeVar("T", bound=_Timer)
+
+# Below this many heap entries a rebuild is not worth doing.
+_MIN_COMPACT = 1024
+
+
+def is_valid_expiration(value: object) -> bool:
+    """Whether ``value`` can be a timer's expiration time (a real number, not NaN).
+
+    ``bool`` is refused although it is an ``int``: ``True`` as a deadline is a
+    client bug, not a time.
+    """
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return not math.isnan(float(value))
+    except OverflowError:  # an int beyond any float
+        return False
+
+
+class TimerTable(Generic[T]):
+    """Timers keyed by ``(worker_id, scope_id)``, the latest request winning."""
+
+    __slots__ = ("_by_worker", "_count", "_heap", "_seq")
+
+    def __init__(self) -> None:
+        self._by_worker: dict[Hashable, dict[str, T]] = {}
+        self._heap: list[tuple[float, int, T]] = []
+        self._seq = itertools.count()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def set(self, timer: T) -> None:
+        """Arm ``timer``, replacing the worker's timer of the same scope."""
+        scopes = self._by_worker.setdefault(timer.worker_id, {})
+        if timer.scope_id not in scopes:
+            self._count += 1
+        scopes[timer.scope_id] = timer
+        heapq.heappush(self._heap, (timer.expiration_time, next(self._seq), timer))
+        self._compact_if_stale()
+
+    def remove(self, worker_id: Hashable, scope_id: str) -> T | None:
+        """Disarm one timer; return it, or None if there was none."""
+        scopes = self._by_worker.get(worker_id)
+        if scopes is None:
+            return None
+        timer = scopes.pop(scope_id, None)
+        if timer is not None:
+            self._count -= 1
+            if not scopes:
+                del self._by_worker[worker_id]
+        return timer
+
+    def remove_worker(self, worker_id: Hashable) -> list[T]:
+        """Disarm every timer of a worker; return them."""
+        scopes = self._by_worker.pop(worker_id, None)
+        if not scopes:
+            return []
+        self._count -= len(scopes)
+        return list(scopes.values())
+
+    def workers(self) -> list[Hashable]:
+        return list(self._by_worker)
+
+    def timers_of(self, worker_id: Hashable) -> list[T]:
+        return list(self._by_worker.get(worker_id, {}).values())
+
+    def next_deadline(self) -> float | None:
+        """The earliest expiration time of a live timer, or None."""
+        heap = self._heap
+        while heap and not self._is_live(heap[0][2]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def expired(self, deadline: float) -> dict[Hashable, list[T]]:
+        """Live timers with ``expiration_time <= deadline``, grouped by worker.
+
+        Reads the heap without changing it: the entries at or below the
+        deadline form a subtree at the top, so this costs O(expired + stale
+        among them), not O(all timers).
+        """
+        result: dict[Hashable, list[T]] = {}
+        heap = self._heap
+        pending = [0] if heap else []
+        while pending:
+            index = pending.pop()
+            expiration, _, timer = heap[index]
+            if expiration > deadline:
+                continue
+            if self._is_live(timer):
+                result.setdefault(timer.worker_id, []).append(timer)
+            pending.extend(child for child in (2 * index + 1, 2 * index + 2) if child < len(heap))
+        for timers in result.values():
+            timers.sort(key=lambda timer: timer.expiration_time)
+        return result
+
+    def _is_live(self, timer: T) -> bool:
+        scopes = self._by_worker.get(timer.worker_id)
+        return scopes is not None and scopes.get(timer.scope_id) is timer
+
+    def _compact_if_stale(self) -> None:
+        heap = self._heap
+        if len(heap) > _MIN_COMPACT and len(heap) > 2 * self._count:
+            self._heap = [entry for entry in heap if self._is_live(entry[2])]
+            heapq.heapify(self._heap)

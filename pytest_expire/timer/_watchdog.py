@@ -1,0 +1,202 @@
+"""Running a server's watchdog loop in a thread, or in a process of its own.
+
+A watchdog thread stops working when its process is wedged: a C call that
+holds the GIL starves every thread of that process. A watchdog that must act
+on such a process runs in a process of its own, started with
+``start(process=True)``. That process dies with the one that started it, ignores
+the terminal's Ctrl-C (the user's interrupt is for pytest, which still needs its
+watchdog while it tears down), and cleans up after itself when stopped.
+"""
+
+from __future__ import annotations
+
+import abc
+import ctypes
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+from multiprocessing.context import BaseContext
+from typing import Any
+
+import psutil
+
+logger = logging.getLogger(__name__)
+
+# How long a server process may take to become ready: spawning an interpreter
+# and importing this package takes well under a second on an idle machine,
+# but CI machines are not idle.
+_READY_TIMEOUT = 30.0
+# How long stop() waits for a server process before it is killed.
+_STOP_TIMEOUT = 2.0
+_PR_SET_PDEATHSIG = 1
+
+
+class Watchdog(abc.ABC):
+    """A restartable watchdog loop, run by a thread or a process.
+
+    Subclasses implement :meth:`_watchdog_loop` (run until ``_stop_signaled``)
+    and may override :meth:`_prepare` (acquire what the loop needs, where the
+    loop will run, so that clients can connect as soon as ``start()``
+    returns), :meth:`_wake` (interrupt the loop's wait so ``stop()`` is
+    prompt) and :meth:`_cleanup` (release what ``_prepare`` acquired).
+    """
+
+    _daemon: bool
+    _stop_signaled: bool
+    _watchdog_thread: threading.Thread | None
+    _watchdog_process: multiprocessing.process.BaseProcess | None
+
+    def _init_watchdog(self, daemon: bool) -> None:
+        self._daemon = daemon
+        self._stop_signaled = False
+        self._watchdog_thread = None
+        self._watchdog_process = None
+
+    @abc.abstractmethod
+    def _watchdog_loop(self) -> None:
+        """Watch until ``self._stop_signaled`` is set."""
+
+    def _prepare(self) -> None:
+        """Acquire what the loop needs; runs where the loop will run, before it."""
+
+    def _wake(self) -> None:
+        """Make a waiting loop look at ``_stop_signaled`` now."""
+
+    def _cleanup(self) -> None:
+        """Release what :meth:`_prepare` acquired; runs after the loop ended."""
+
+    def _stop_join_timeout(self) -> float:
+        """How long ``stop()`` waits for the watchdog thread."""
+        return _STOP_TIMEOUT
+
+    def _default_mp_context(self) -> BaseContext:
+        return multiprocessing.get_context("spawn")
+
+    @property
+    def is_running(self) -> bool:
+        """Whether a watchdog thread or process of this server is alive."""
+        runner = self._watchdog_thread or self._watchdog_process
+        return runner is not None and runner.is_alive()
+
+    @property
+    def watchdog_pid(self) -> int | None:
+        """The PID of the watchdog process, when started with ``process=True``."""
+        return self._watchdog_process.pid if self._watchdog_process else None
+
+    def start(self, *, process: bool = False, mp_context: BaseContext | str | None = None) -> None:
+        """Start watching; return once clients can reach the server.
+
+        With ``process=True`` the watchdog runs in a new process (created with
+        ``mp_context``, by default ``spawn``), which keeps working while every
+        thread of this process is wedged.
+        """
+        if self.is_running:
+            raise RuntimeError(f"{type(self).__name__} is already running")
+        self._stop_signaled = False
+        if not process:
+            self._prepare()
+            self._watchdog_thread = threading.Thread(
+                target=self._run_thread, name=f"{type(self).__name__}-watchdog", daemon=self._daemon
+            )
+            self._watchdog_thread.start()
+            return
+        if mp_context is None:
+            context = self._default_mp_context()
+        elif isinstance(mp_context, str):
+            context = multiprocessing.get_context(mp_context)
+        else:
+            context = mp_context
+        self._start_process(context)
+
+    def stop(self) -> None:
+        """Stop watching and release the server's resources; return promptly."""
+        self._stop_signaled = True
+        thread, self._watchdog_thread = self._watchdog_thread, None
+        process, self._watchdog_process = self._watchdog_process, None
+        if thread is not None:
+            self._wake()
+            thread.join(self._stop_join_timeout())
+            if thread.is_alive():
+                logger.warning("%s watchdog thread did not stop in time", type(self).__name__)
+        if process is not None:
+            process.terminate()
+            process.join(_STOP_TIMEOUT)
+            if process.is_alive():
+                logger.warning("%s watchdog process did not stop, killing it", type(self).__name__)
+                process.kill()
+                process.join()
+            process.close()
+
+    def _run_thread(self) -> None:
+        try:
+            self._watchdog_loop()
+        finally:
+            self._cleanup()
+
+    def _start_process(self, context: BaseContext) -> None:
+        ready_reader, ready_writer = context.Pipe(duplex=False)
+        process = context.Process(  # type: ignore[attr-defined]
+            target=_serve_in_process,
+            args=(self, ready_writer, os.getpid()),
+            name=f"{type(self).__name__}-watchdog",
+            daemon=self._daemon,
+        )
+        process.start()
+        ready_writer.close()
+        try:
+            message = ready_reader.recv() if ready_reader.poll(_READY_TIMEOUT) else None
+        except EOFError:
+            message = None
+        finally:
+            ready_reader.close()
+        if message != "ready":
+            process.kill()
+            process.join()
+            reason = message or "it exited or did not answer in time"
+            raise RuntimeError(f"{type(self).__name__} watchdog process failed to start: {reason}")
+        self._watchdog_process = process
+
+    def __getstate__(self) -> dict[str, Any]:
+        # What runs the watchdog belongs to the process that started it.
+        state = self.__dict__.copy()
+        state["_watchdog_thread"] = None
+        state["_watchdog_process"] = None
+        return state
+
+
+def _serve_in_process(
+    server: Watchdog, ready: multiprocessing.connection.Connection, parent_pid: int
+) -> None:
+    """The body of a watchdog process: run the loop until SIGTERM or the parent dies."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    _die_with_parent(parent_pid)
+    try:
+        server._prepare()
+    except BaseException as exc:
+        ready.send(f"{type(exc).__name__}: {exc}")
+        raise
+    ready.send("ready")
+    ready.close()
+    try:
+        server._watchdog_loop()
+    finally:
+        server._cleanup()
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel send SIGTERM when the parent dies (Linux), so no watchdog is orphaned."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if not psutil.pid_exists(parent_pid):
+        # The parent died before the request above took effect.
+        raise SystemExit(0)

@@ -1,0 +1,241 @@
+"""The contract of expiration timers: requests, clients, queues, servers.
+
+A *client* in a worker process arms a timer (``acquire``) before a block of
+code and disarms it (``release``) after; a *server* elsewhere watches the
+timers and reaps a worker whose timer expired. This module holds the abstract
+pieces, with the names and signatures of ``torch.distributed.elastic.timer``,
+and :func:`expires`, the context manager that user code writes.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import math
+import sys
+import time
+from types import TracebackType
+from typing import Any
+
+from pytest_expire.timer._watchdog import Watchdog
+
+__all__ = [
+    "RequestQueue",
+    "TimerClient",
+    "TimerRequest",
+    "TimerServer",
+    "configure",
+    "expires",
+]
+
+logger = logging.getLogger(__name__)
+
+# When reaping a worker failed (the reap returned False), it is tried again
+# after this long, or after ``max_interval`` if that is shorter.
+_REAP_RETRY_INTERVAL = 1.0
+
+
+class TimerRequest:
+    """One message from a client: arm (or, with a negative time, disarm) a timer.
+
+    ``worker_id`` names the worker (for the built-in servers, its PID);
+    ``scope_id`` names the timer within the worker; ``expiration_time`` is a
+    wall-clock time as from ``time.time()``.
+    """
+
+    __slots__ = ["expiration_time", "scope_id", "worker_id"]
+
+    def __init__(self, worker_id: Any, scope_id: str, expiration_time: float) -> None:
+        self.worker_id = worker_id
+        self.scope_id = scope_id
+        self.expiration_time = expiration_time
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, TimerRequest):
+            return (
+                self.worker_id == other.worker_id
+                and self.scope_id == other.scope_id
+                and self.expiration_time == other.expiration_time
+            )
+        return False
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like torch's
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(worker_id={self.worker_id!r}, scope_id={self.scope_id!r}, "
+            f"expiration_time={self.expiration_time!r})"
+        )
+
+
+class TimerClient(abc.ABC):
+    """The worker's side: arms and disarms timers on a server."""
+
+    @abc.abstractmethod
+    def acquire(self, scope_id: str, expiration_time: float) -> None:
+        """Arm the timer ``scope_id`` of this worker to expire at ``expiration_time``."""
+
+    @abc.abstractmethod
+    def release(self, scope_id: str) -> None:
+        """Disarm the timer ``scope_id`` of this worker."""
+
+
+class RequestQueue(abc.ABC):
+    """Where a server reads the clients' :class:`TimerRequest` s from."""
+
+    @abc.abstractmethod
+    def size(self) -> int:
+        """How many requests are waiting (may be approximate)."""
+
+    @abc.abstractmethod
+    def get(self, size: int, timeout: float) -> list[TimerRequest]:
+        """Up to ``size`` requests, waiting at most ``timeout`` seconds; ``[]`` if none came."""
+
+
+class TimerServer(Watchdog):
+    """A server that reaps workers whose timers expired.
+
+    A subclass implements the four abstract methods. One watchdog round reads
+    requests (``get(max(1, size()), timeout)``), registers them, reaps each
+    worker with an expired timer, and clears the timers of those reaped. An
+    exception in any step is logged and the watchdog goes on.
+
+    The wait of a round ends when a request arrives or at ``max_interval``.
+    A subclass that can tell its earliest deadline (:meth:`_next_deadline`)
+    also wakes at that deadline: expiry is then detected when it happens,
+    whatever ``max_interval`` is.
+    """
+
+    def __init__(
+        self, request_queue: RequestQueue, max_interval: float, daemon: bool = True
+    ) -> None:
+        self._request_queue = request_queue
+        self._max_interval = max_interval
+        self._init_watchdog(daemon)
+        self._retry_at: float | None = None
+
+    @abc.abstractmethod
+    def register_timers(self, timer_requests: list[TimerRequest]) -> None:
+        """Arm (or, for a negative expiration time, disarm) the requested timers."""
+
+    @abc.abstractmethod
+    def clear_timers(self, worker_ids: set[Any]) -> None:
+        """Disarm every timer of the given workers."""
+
+    @abc.abstractmethod
+    def get_expired_timers(self, deadline: float) -> dict[Any, list[TimerRequest]]:
+        """The timers with ``expiration_time <= deadline``, grouped by worker."""
+
+    @abc.abstractmethod
+    def _reap_worker(self, worker_id: Any) -> bool:
+        """Reap a worker; True if reaped, False to try again in a later round."""
+
+    def _next_deadline(self) -> float | None:
+        """The earliest expiration time of a live timer, if the server knows it.
+
+        The default, None, makes the watchdog wait ``max_interval`` between
+        rounds, as torch's does.
+        """
+        return None
+
+    def _reap_worker_no_throw(self, worker_id: Any) -> bool:
+        try:
+            return self._reap_worker(worker_id)
+        except Exception:
+            logger.exception("error reaping worker %r; counted as reaped", worker_id)
+            return True
+
+    def _stop_join_timeout(self) -> float:
+        return max(super()._stop_join_timeout(), self._max_interval)
+
+    def _watchdog_loop(self) -> None:
+        while not self._stop_signaled:
+            try:
+                self._run_watchdog()
+            except Exception:
+                logger.exception("error running the watchdog")
+
+    def _wait_timeout(self) -> float:
+        """How long a round may wait for requests before it must look at deadlines."""
+        wake_at = self._next_deadline()
+        if self._retry_at is not None and (wake_at is None or wake_at < self._retry_at):
+            wake_at = self._retry_at
+        if wake_at is None:
+            return self._max_interval
+        return min(self._max_interval, max(0.0, wake_at - time.time()))
+
+    def _run_watchdog(self) -> None:
+        batch_size = max(1, self._request_queue.size())
+        timer_requests = self._request_queue.get(batch_size, self._wait_timeout())
+        self.register_timers(timer_requests)
+        now = time.time()
+        reaped_worker_ids = set()
+        unreaped = False
+        for worker_id, expired_timers in self.get_expired_timers(now).items():
+            logger.info(
+                "reaping worker %r: %d timer(s) expired: %s",
+                worker_id,
+                len(expired_timers),
+                [timer.scope_id for timer in expired_timers],
+            )
+            if self._reap_worker_no_throw(worker_id):
+                reaped_worker_ids.add(worker_id)
+            else:
+                unreaped = True
+                logger.error("could not reap worker %r, will retry", worker_id)
+        self._retry_at = now + min(_REAP_RETRY_INTERVAL, self._max_interval) if unreaped else None
+        self.clear_timers(reaped_worker_ids)
+
+
+_default_client: TimerClient | None = None
+
+
+def configure(timer_client: TimerClient) -> None:
+    """Set the client that :func:`expires` uses when it is given none."""
+    global _default_client
+    _default_client = timer_client
+    logger.info("timer client configured to: %s", type(timer_client).__name__)
+
+
+def expires(after: float, scope: str | None = None, client: TimerClient | None = None) -> _Expires:
+    """A context manager that arms a timer for its body and disarms it after.
+
+    If the body has not finished ``after`` seconds from entering, the server
+    reaps this worker. ``scope`` names the timer; by default it is
+    ``"<file>#<line>"`` of the ``with`` statement, so nested blocks get
+    timers of their own. ``client`` defaults to the one :func:`configure` set.
+    """
+    if isinstance(after, bool) or not isinstance(after, (int, float)):
+        raise TypeError(f"expires(after=...) takes a number of seconds, got {after!r}")
+    if math.isnan(after) or after < 0:
+        raise ValueError(f"expires(after=...) takes a number of seconds >= 0, got {after!r}")
+    if client is None:
+        client = _default_client
+        if client is None:
+            raise RuntimeError("configure a timer client (timer.configure(client)) or pass client=")
+    if scope is None:
+        caller = sys._getframe(1)
+        scope = f"{caller.f_code.co_filename}#{caller.f_lineno}"
+    return _Expires(client, scope, after)
+
+
+class _Expires:
+    """The context manager :func:`expires` returns; one timer for one block."""
+
+    __slots__ = ("_after", "_client", "_scope")
+
+    def __init__(self, client: TimerClient, scope: str, after: float) -> None:
+        self._client = client
+        self._scope = scope
+        self._after = after
+
+    def __enter__(self) -> None:
+        self._client.acquire(self._scope, time.time() + self._after)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._client.release(self._scope)

@@ -1,0 +1,144 @@
+"""The queue pair: clients put requests on a ``multiprocessing.Queue``.
+
+Workers are processes that share a queue with the server's host, typically
+children started by ``multiprocessing`` with the queue as an argument.
+
+A ``multiprocessing.Queue`` has a hazard that no server can work around: a
+writer killed while it holds the queue's write lock (in the middle of a
+``put``) leaves the lock held forever, and every other writer then blocks.
+The plugin therefore does not use this pair; see ``unix_socket_timer``.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import time
+from collections.abc import Hashable
+from multiprocessing.context import BaseContext
+from typing import Any
+
+from pytest_expire.timer._guard import ReapGuard
+from pytest_expire.timer._table import TimerTable, is_valid_expiration
+from pytest_expire.timer.api import RequestQueue, TimerClient, TimerRequest, TimerServer
+
+__all__ = ["LocalTimerClient", "LocalTimerServer", "MultiprocessingRequestQueue"]
+
+logger = logging.getLogger(__name__)
+
+# Put on the queue by the server itself to end a wait early (stop()).
+_WAKE_UP = None
+
+
+class LocalTimerClient(TimerClient):
+    """Client side of the queue pair; the worker is identified by its PID."""
+
+    def __init__(self, mp_queue: multiprocessing.Queue[Any]) -> None:
+        self._mp_queue = mp_queue
+
+    def acquire(self, scope_id: str, expiration_time: float) -> None:
+        self._mp_queue.put(TimerRequest(os.getpid(), scope_id, expiration_time))
+
+    def release(self, scope_id: str) -> None:
+        self._mp_queue.put(TimerRequest(os.getpid(), scope_id, -1))
+
+
+class MultiprocessingRequestQueue(RequestQueue):
+    """A :class:`RequestQueue` over a ``multiprocessing.Queue``."""
+
+    def __init__(self, mp_queue: multiprocessing.Queue[Any]) -> None:
+        self._mp_queue = mp_queue
+
+    def size(self) -> int:
+        try:
+            return self._mp_queue.qsize()
+        except NotImplementedError:  # macOS has no sem_getvalue()
+            return 0
+
+    def get(self, size: int, timeout: float) -> list[TimerRequest]:
+        """Wait up to ``timeout`` for a first request, then take what is already there."""
+        requests: list[TimerRequest] = []
+        deadline = time.monotonic() + timeout
+        while len(requests) < size:
+            wait = deadline - time.monotonic() if not requests else 0.0
+            try:
+                item = self._mp_queue.get(block=wait > 0, timeout=wait if wait > 0 else None)
+            except queue.Empty:
+                break
+            if item is not _WAKE_UP:
+                requests.append(item)
+            elif not requests:
+                break
+        return requests
+
+    def wake_up(self) -> None:
+        """End a waiting :meth:`get` early."""
+        self._mp_queue.put(_WAKE_UP)
+
+
+class LocalTimerServer(TimerServer):
+    """Server side of the queue pair: reaps an expired worker with SIGKILL.
+
+    Timers are keyed by ``(worker PID, scope)``. The server wakes when a
+    request arrives or at the earliest deadline; ``max_interval`` only bounds
+    how long a round may wait. A worker is killed only if it is still the
+    process that armed the timer and it descends from the process that
+    created the server (or was admitted with :meth:`admit`); a worker that no
+    longer exists counts as reaped.
+    """
+
+    def __init__(
+        self, mp_queue: multiprocessing.Queue[Any], max_interval: float = 60, daemon: bool = True
+    ) -> None:
+        self._mp_request_queue = MultiprocessingRequestQueue(mp_queue)
+        super().__init__(self._mp_request_queue, max_interval, daemon)
+        self._timers: TimerTable[TimerRequest] = TimerTable()
+        self._guard = ReapGuard()
+
+    def admit(self, pid: int) -> None:
+        """Allow reaping ``pid`` although it does not descend from this server's host."""
+        self._guard.admit(pid)
+
+    def register_timers(self, timer_requests: list[TimerRequest]) -> None:
+        for request in timer_requests:
+            if not _is_well_formed(request):
+                logger.warning("dropping malformed timer request %r", request)
+            elif request.expiration_time < 0:
+                self._timers.remove(request.worker_id, request.scope_id)
+            else:
+                self._guard.remember(request.worker_id)
+                self._timers.set(request)
+
+    def clear_timers(self, worker_ids: set[Any]) -> None:
+        for worker_id in worker_ids:
+            self._timers.remove_worker(worker_id)
+            self._guard.forget(worker_id)
+
+    def get_expired_timers(self, deadline: float) -> dict[Any, list[TimerRequest]]:
+        return self._timers.expired(deadline)
+
+    def _next_deadline(self) -> float | None:
+        return self._timers.next_deadline()
+
+    def _reap_worker(self, worker_id: Any) -> bool:
+        return self._guard.send_signal(worker_id, signal.SIGKILL)
+
+    def _wake(self) -> None:
+        self._mp_request_queue.wake_up()
+
+    def _default_mp_context(self) -> BaseContext:
+        # The queue was most likely made by the default context, and a queue
+        # can only be handed to a process of the context that made it.
+        return multiprocessing.get_context()
+
+
+def _is_well_formed(request: object) -> bool:
+    return (
+        isinstance(request, TimerRequest)
+        and isinstance(request.worker_id, Hashable)
+        and isinstance(request.scope_id, str)
+        and is_valid_expiration(request.expiration_time)
+    )

@@ -1,0 +1,35 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+import multiprocessing.resource_tracker
+import os
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+
+def _helper_pids() -> set[int]:
+    """Long-lived helpers that multiprocessing starts once per process, not per test."""
+    tracker_pid = getattr(multiprocessing.resource_tracker._resource_tracker, "_pid", None)
+    return {tracker_pid} if tracker_pid else set()
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """Fail a test that leaves a process behind, after killing what it left (by PID)."""
+    me = psutil.Process(os.getpid())
+    before = {child.pid for child in me.children(recursive=True)}
+    yield
+    left = [
+        child
+        for child in me.children(recursive=True)
+        if child.pid not in before and child.pid not in _helper_pids()
+    ]
+    # A child that was just killed may still be on its way out.
+    _, alive = psutil.wait_procs(left, timeout=2)
+    for child in alive:
+        child.kill()
+    psutil.wait_procs(alive, timeout=2)
+    assert not alive, f"the test left processes behind: {[p.pid for p in alive]}"

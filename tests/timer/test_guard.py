@@ -1,0 +1,148 @@
+"""Who a server may signal: real processes, real signals."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from pytest_expire.timer._guard import ReapGuard
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+@pytest.fixture
+def child() -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(SLEEPER)
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def orphan() -> Iterator[int]:
+    """A process that is not our descendant: its parent exited, so it was reparented."""
+    spawner = (
+        "import subprocess, sys; "
+        f"p = subprocess.Popen({SLEEPER!r}, "
+        "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); print(p.pid)"
+    )
+    output = subprocess.run([sys.executable, "-c", spawner], capture_output=True, check=True)
+    pid = int(output.stdout)
+    try:
+        assert os.getpid() not in [parent.pid for parent in psutil.Process(pid).parents()]
+        yield pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_signals_a_descendant_that_armed_a_timer(child: subprocess.Popen[bytes]) -> None:
+    guard = ReapGuard()
+    guard.remember(child.pid)
+    assert guard.send_signal(child.pid, signal.SIGTERM)
+    assert child.wait(timeout=5) == -signal.SIGTERM
+
+
+@pytest.mark.parametrize("pid", [0, 1, -1, -os.getpgid(0), True, "123", None, 2.0])
+def test_never_signals_init_groups_or_non_pids(
+    pid: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = ReapGuard()
+    guard.remember(pid)
+    assert guard.send_signal(pid, signal.SIGKILL)
+    assert "refusing to signal" in caplog.text
+
+
+def test_never_signals_itself(caplog: pytest.LogCaptureFixture) -> None:
+    guard = ReapGuard()
+    guard.remember(os.getpid())
+    assert guard.send_signal(os.getpid(), signal.SIGKILL)
+    assert "refusing to signal" in caplog.text
+
+
+def test_refuses_a_process_that_is_not_a_descendant(
+    orphan: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = ReapGuard()
+    guard.remember(orphan)
+    assert guard.send_signal(orphan, signal.SIGKILL)
+    assert is_alive(orphan)
+    assert f"refusing to signal {orphan}: not a descendant" in caplog.text
+
+
+def test_signals_an_admitted_process(orphan: int) -> None:
+    guard = ReapGuard()
+    guard.admit(orphan)
+    guard.remember(orphan)
+    assert guard.send_signal(orphan, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while is_alive(orphan) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not is_alive(orphan)
+
+
+def test_refuses_a_pid_that_now_names_another_process(
+    child: subprocess.Popen[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Forcing the kernel to hand a PID out again takes cycling through all of
+    # pid_max; instead the guard is told the worker that armed the timer
+    # started earlier than the process that now has its PID, which is what a
+    # reused PID looks like to it.
+    guard = ReapGuard()
+    guard.remember(child.pid)
+    guard._identities[child.pid] = psutil.Process(child.pid).create_time() - 10
+    assert guard.send_signal(child.pid, signal.SIGKILL)
+    assert child.poll() is None
+    assert "now names another process" in caplog.text
+
+
+def test_a_worker_that_is_gone_counts_as_reaped(
+    child: subprocess.Popen[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = ReapGuard()
+    guard.remember(child.pid)
+    child.kill()
+    child.wait()
+    with caplog.at_level(logging.INFO):
+        assert guard.send_signal(child.pid, signal.SIGKILL)
+    assert "is gone" in caplog.text
+
+
+def test_a_pid_that_never_existed_is_not_signalled(caplog: pytest.LogCaptureFixture) -> None:
+    guard = ReapGuard()
+    unused = max(psutil.pids()) + 1
+    guard.remember(unused)
+    with caplog.at_level(logging.INFO):
+        assert guard.send_signal(unused, signal.SIGKILL)
+    assert "is gone" in caplog.text
+
+
+def test_identities_of_ended_processes_are_dropped_when_the_table_grows(
+    child: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("pytest_expire.timer._guard._MIN_PRUNE_AT", 3)
+    guard = ReapGuard()
+    guard._prune_at = 3
+    guard.remember(child.pid)
+    unused = max(psutil.pids()) + 10
+    for pid in range(unused, unused + 3):
+        guard.remember(pid)
+    assert set(guard._identities) == {child.pid}
