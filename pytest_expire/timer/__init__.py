@@ -21,6 +21,11 @@ from pytest_expire.timer.api import (
     configure,
     expires,
 )
+from pytest_expire.timer.file_based_local_timer import (
+    FileTimerClient,
+    FileTimerRequest,
+    FileTimerServer,
+)
 from pytest_expire.timer.local_timer import (
     LocalTimerClient,
     LocalTimerServer,
@@ -28,6 +33,9 @@ from pytest_expire.timer.local_timer import (
 )
 
 __all__ = [
+    "FileTimerClient",
+    "FileTimerRequest",
+    "FileTimerServer",
     "LocalTimerClient",
     "LocalTimerServer",
     "MultiprocessingRequestQueue",

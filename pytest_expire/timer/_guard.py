@@ -5,35 +5,35 @@ server can be made to kill any process of its user: a PID that was reused
 since the timer was armed, init, a whole process group, the server itself.
 The guard refuses all of these and logs each refusal.
 
-A process is identified by its PID *and* its start time, recorded when the
-first timer of that PID is registered. At the kill, the guard opens a pidfd
-first and checks the start time second, so the signal reaches the very
-process that was checked, even if it dies and its PID is reused in between.
+A worker is identified by a pidfd opened when its first timer is registered.
+A pidfd refers to one process for good: it cannot come to mean another
+process when the PID is reused, it tells cheaply whether its process has
+exited, and a signal sent through it reaches that process or nobody. This is
+stronger than comparing start times, which leaves a window between the check
+and the kill.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
+import select
 import signal
 
 import psutil
 
 logger = logging.getLogger(__name__)
 
-# Identities are kept while their process lives (re-reading /proc on every
-# acquire would dominate the cost of a request); those of ended processes are
-# dropped once the table holds this many or twice as many as after the last
-# drop.
-_MIN_PRUNE_AT = 4096
+# The pidfds of ended workers are closed once the guard holds this many
+# pidfds, or twice as many as after the last such sweep.
+_MIN_SWEEP_AT = 1024
 
 
 class ReapGuard:
     """Decides whether a PID may be signalled, and signals it safely.
 
-    A PID may be signalled when it is still the process whose identity was
-    recorded by :meth:`remember`, is neither PID 0 or 1, a process group nor
+    A PID may be signalled when it still names the process that was
+    :meth:`remember`-ed for it, is neither PID 0 or 1, a process group nor
     the calling process, and is the host process, one of its descendants, or
     was :meth:`admit`-ted.
 
@@ -45,48 +45,63 @@ class ReapGuard:
     def __init__(self, host_pid: int | None = None) -> None:
         self.host_pid = os.getpid() if host_pid is None else host_pid
         self._admitted: set[int] = set()
-        self._identities: dict[int, float | None] = {}
-        self._prune_at = _MIN_PRUNE_AT
+        self._pidfds: dict[int, int] = {}
+        self._sweep_at = _MIN_SWEEP_AT
+
+    def __getstate__(self) -> dict[str, object]:
+        # A pidfd belongs to its process; a copy sent elsewhere starts afresh.
+        return {**self.__dict__, "_pidfds": {}}
 
     def admit(self, pid: int) -> None:
         """Allow signalling ``pid`` although it is not a descendant of the host."""
         self._admitted.add(pid)
 
     def remember(self, pid: object) -> None:
-        """Record the identity of ``pid`` if it is not known yet.
+        """Identify the process ``pid`` names now, unless it is identified already.
 
-        Called when a worker arms a timer. A PID that does not exist is
-        recorded as gone (its timers will expire without a signal) and looked
-        up again at its next timer, in case the PID was reused.
+        Called when a worker arms a timer; costs one system call when the
+        worker is known and alive. A PID whose known process has exited is
+        identified afresh: it may have been reused by the worker that arms
+        this timer. A PID that names no process is not recorded, and its
+        timers expire without a signal.
         """
-        if self._identities.get(pid) is not None or not _is_pid(pid):  # type: ignore[call-overload]
+        if not _is_pid(pid):
             return
         assert isinstance(pid, int)
-        self._identities[pid] = _start_time(pid)
-        if len(self._identities) > self._prune_at:
-            self._forget_the_dead()
+        pidfd = self._pidfds.get(pid)
+        if pidfd is not None:
+            if not _has_exited(pidfd):
+                return
+            self.forget(pid)
+        try:
+            self._pidfds[pid] = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return
+        except OSError:
+            logger.exception("cannot identify worker %d; its timers will not signal it", pid)
+            return
+        if len(self._pidfds) > self._sweep_at:
+            self._sweep()
 
     def forget(self, pid: object) -> None:
         """Drop the identity of a worker that was reaped or is known gone."""
-        if isinstance(pid, int):
-            self._identities.pop(pid, None)
+        pidfd = self._pidfds.pop(pid, None)  # type: ignore[call-overload]
+        if pidfd is not None:
+            os.close(pidfd)
 
-    def _forget_the_dead(self) -> None:
-        """Bound memory: drop the identities of processes that have ended.
+    def close(self) -> None:
+        """Close every pidfd (when the server stops)."""
+        for pid in list(self._pidfds):
+            self.forget(pid)
 
-        Safe whatever timers are live: a worker without a recorded identity
-        is never signalled, which is right for one that has ended. Runs when
-        the table has doubled since the last time, so its cost is amortized.
-        """
-        self._identities = {
-            pid: started
-            for pid, started in self._identities.items()
-            if started is not None and _start_time(pid) == started
-        }
-        self._prune_at = max(_MIN_PRUNE_AT, 2 * len(self._identities))
+    def _sweep(self) -> None:
+        """Close the pidfds of workers that have exited; bounds the open files."""
+        for pid in [pid for pid, pidfd in self._pidfds.items() if _has_exited(pidfd)]:
+            self.forget(pid)
+        self._sweep_at = max(_MIN_SWEEP_AT, 2 * len(self._pidfds))
 
     def send_signal(self, pid: object, signum: int) -> bool:
-        """Send ``signum`` to ``pid`` if allowed.
+        """Send ``signum`` to the worker ``pid`` if allowed.
 
         Returns True when the worker needs no further attention: it was
         signalled, it is gone, or signalling it is refused (a refusal is
@@ -97,46 +112,38 @@ class ReapGuard:
             logger.warning("refusing to signal %r: not a worker process", pid)
             return True
         assert isinstance(pid, int)
-        recorded = self._identities.get(pid)
-        if recorded is None:
-            logger.info("worker %d is gone, nothing to signal", pid)
+        pidfd = self._pidfds.get(pid)
+        if pidfd is None:
+            logger.info("worker %d was gone when its timer was registered", pid)
             return True
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            logger.info("worker %d is gone, nothing to signal", pid)
-            return True
-        try:
-            current = _start_time(pid)
-            if current != recorded:
-                if current is None:
-                    logger.info("worker %d is gone, nothing to signal", pid)
-                else:
-                    logger.warning(
-                        "refusing to signal %d: the PID now names another process "
-                        "(started %.3f, the worker started %.3f)",
-                        pid,
-                        current,
-                        recorded,
-                    )
-                return True
-            if not self._may_signal(pid):
+        if _has_exited(pidfd):
+            if psutil.pid_exists(pid):
                 logger.warning(
-                    "refusing to signal %d: not a descendant of host process %d and not admitted",
+                    "refusing to signal %d: the worker that armed the timer has exited "
+                    "and the PID now names another process",
                     pid,
-                    self.host_pid,
                 )
-                return True
-            signal.pidfd_send_signal(pidfd, signum)
-            logger.info("sent signal %d to worker %d", signum, pid)
+            else:
+                logger.info("worker %d is gone, nothing to signal", pid)
+            self.forget(pid)
             return True
+        if not self._may_signal(pid):
+            logger.warning(
+                "refusing to signal %d: not a descendant of host process %d and not admitted",
+                pid,
+                self.host_pid,
+            )
+            return True
+        try:
+            signal.pidfd_send_signal(pidfd, signum)
         except ProcessLookupError:
+            logger.info("worker %d is gone, nothing to signal", pid)
             return True
         except OSError:
             logger.exception("could not signal worker %d", pid)
             return False
-        finally:
-            os.close(pidfd)
+        logger.info("sent signal %d to worker %d", signum, pid)
+        return True
 
     def _may_signal(self, pid: int) -> bool:
         if pid == self.host_pid or pid in self._admitted:
@@ -151,13 +158,7 @@ def _is_pid(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 1
 
 
-def _start_time(pid: int) -> float | None:
-    """The start time of process ``pid``, or None if there is no such process."""
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return None
-    except psutil.Error:
-        # Exists but unreadable (another user's process): we may not signal it
-        # anyway, and NaN compares unequal to every start time, itself included.
-        return math.nan
+def _has_exited(pidfd: int) -> bool:
+    """A pidfd becomes readable when its process exits (a zombie has exited)."""
+    readable, _, _ = select.select([pidfd], [], [], 0)
+    return bool(readable)

@@ -91,12 +91,6 @@ class TimerTable(Generic[T]):
         self._count -= len(scopes)
         return list(scopes.values())
 
-    def workers(self) -> list[Hashable]:
-        return list(self._by_worker)
-
-    def timers_of(self, worker_id: Hashable) -> list[T]:
-        return list(self._by_worker.get(worker_id, {}).values())
-
     def next_deadline(self) -> float | None:
         """The earliest expiration time of a live timer, or None."""
         heap = self._heap
@@ -135,3 +129,19 @@ class TimerTable(Generic[T]):
         if len(heap) > _MIN_COMPACT and len(heap) > 2 * self._count:
             self._heap = [entry for entry in heap if self._is_live(entry[2])]
             heapq.heapify(self._heap)
+
+
+def wait_timeout(
+    next_deadline: float | None, retry_at: float | None, max_interval: float, now: float
+) -> float:
+    """How long a watchdog may sleep: until the next deadline or retry, at most ``max_interval``.
+
+    ``retry_at`` is when workers that could not be reaped are tried again;
+    their timers are still due, so waiting for the next deadline would spin.
+    """
+    wake_at = next_deadline
+    if retry_at is not None and (wake_at is None or wake_at < retry_at):
+        wake_at = retry_at
+    if wake_at is None:
+        return max_interval
+    return min(max_interval, max(0.0, wake_at - now))

@@ -17,6 +17,7 @@ import time
 from types import TracebackType
 from typing import Any
 
+from pytest_expire.timer._table import wait_timeout
 from pytest_expire.timer._watchdog import Watchdog
 
 __all__ = [
@@ -157,12 +158,7 @@ class TimerServer(Watchdog):
 
     def _wait_timeout(self) -> float:
         """How long a round may wait for requests before it must look at deadlines."""
-        wake_at = self._next_deadline()
-        if self._retry_at is not None and (wake_at is None or wake_at < self._retry_at):
-            wake_at = self._retry_at
-        if wake_at is None:
-            return self._max_interval
-        return min(self._max_interval, max(0.0, wake_at - time.time()))
+        return wait_timeout(self._next_deadline(), self._retry_at, self._max_interval, time.time())
 
     def _run_watchdog(self) -> None:
         batch_size = max(1, self._request_queue.size())

@@ -103,15 +103,35 @@ def test_refuses_a_pid_that_now_names_another_process(
     child: subprocess.Popen[bytes], caplog: pytest.LogCaptureFixture
 ) -> None:
     # Forcing the kernel to hand a PID out again takes cycling through all of
-    # pid_max; instead the guard is told the worker that armed the timer
-    # started earlier than the process that now has its PID, which is what a
-    # reused PID looks like to it.
+    # pid_max. Instead, the guard's identity of the worker is swapped for the
+    # pidfd of a process that has exited, while the PID names a live process:
+    # exactly what a reused PID looks like to the guard.
     guard = ReapGuard()
     guard.remember(child.pid)
-    guard._identities[child.pid] = psutil.Process(child.pid).create_time() - 10
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended_pidfd = os.pidfd_open(ended.pid)
+    ended.wait()
+    os.close(guard._pidfds[child.pid])
+    guard._pidfds[child.pid] = ended_pidfd
     assert guard.send_signal(child.pid, signal.SIGKILL)
     assert child.poll() is None
     assert "now names another process" in caplog.text
+    assert child.pid not in guard._pidfds
+
+
+def test_a_reused_pid_is_identified_afresh_at_its_next_timer(
+    child: subprocess.Popen[bytes],
+) -> None:
+    guard = ReapGuard()
+    guard.remember(child.pid)
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended_pidfd = os.pidfd_open(ended.pid)
+    ended.wait()
+    os.close(guard._pidfds[child.pid])
+    guard._pidfds[child.pid] = ended_pidfd  # as if child.pid had been reused
+    guard.remember(child.pid)  # the new process arms a timer
+    assert guard.send_signal(child.pid, signal.SIGTERM)
+    assert child.wait(timeout=5) == -signal.SIGTERM
 
 
 def test_a_worker_that_is_gone_counts_as_reaped(
@@ -132,17 +152,17 @@ def test_a_pid_that_never_existed_is_not_signalled(caplog: pytest.LogCaptureFixt
     guard.remember(unused)
     with caplog.at_level(logging.INFO):
         assert guard.send_signal(unused, signal.SIGKILL)
-    assert "is gone" in caplog.text
+    assert "was gone when its timer was registered" in caplog.text
 
 
-def test_identities_of_ended_processes_are_dropped_when_the_table_grows(
-    child: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("pytest_expire.timer._guard._MIN_PRUNE_AT", 3)
+def test_pidfds_of_ended_workers_are_closed_when_many(child: subprocess.Popen[bytes]) -> None:
     guard = ReapGuard()
-    guard._prune_at = 3
+    guard._sweep_at = 2
+    ended = [subprocess.Popen([sys.executable, "-c", "pass"]) for _ in range(2)]
+    for process in ended:
+        guard.remember(process.pid)
+        process.wait()
     guard.remember(child.pid)
-    unused = max(psutil.pids()) + 10
-    for pid in range(unused, unused + 3):
-        guard.remember(pid)
-    assert set(guard._identities) == {child.pid}
+    assert set(guard._pidfds) == {child.pid}
+    guard.close()
+    assert not guard._pidfds
