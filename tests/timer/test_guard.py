@@ -99,20 +99,27 @@ def test_signals_an_admitted_process(orphan: int) -> None:
     assert not is_alive(orphan)
 
 
-def test_refuses_a_pid_that_now_names_another_process(
-    child: subprocess.Popen[bytes], caplog: pytest.LogCaptureFixture
-) -> None:
-    # Forcing the kernel to hand a PID out again takes cycling through all of
-    # pid_max. Instead, the guard's identity of the worker is swapped for the
-    # pidfd of a process that has exited, while the PID names a live process:
-    # exactly what a reused PID looks like to the guard.
-    guard = ReapGuard()
-    guard.remember(child.pid)
+def pretend_the_pid_was_reused(guard: ReapGuard, pid: int) -> None:
+    """Make ``pid`` look reused to the guard: its worker exited, the PID names a live process.
+
+    Forcing the kernel to hand a PID out again takes cycling through all of
+    pid_max. Instead, the guard's pidfd of the worker is swapped for the pidfd
+    of a process that has exited, while ``pid`` names a live process: exactly
+    what a reused PID looks like to the guard.
+    """
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended_pidfd = os.pidfd_open(ended.pid)
     ended.wait()
-    os.close(guard._pidfds[child.pid])
-    guard._pidfds[child.pid] = ended_pidfd
+    os.close(guard._pidfds[pid])
+    guard._pidfds[pid] = ended_pidfd
+
+
+def test_refuses_a_pid_that_now_names_another_process(
+    child: subprocess.Popen[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = ReapGuard()
+    guard.remember(child.pid)
+    pretend_the_pid_was_reused(guard, child.pid)
     assert guard.send_signal(child.pid, signal.SIGKILL)
     assert child.poll() is None
     assert "now names another process" in caplog.text
@@ -124,11 +131,7 @@ def test_a_reused_pid_is_identified_afresh_at_its_next_timer(
 ) -> None:
     guard = ReapGuard()
     guard.remember(child.pid)
-    ended = subprocess.Popen([sys.executable, "-c", "pass"])
-    ended_pidfd = os.pidfd_open(ended.pid)
-    ended.wait()
-    os.close(guard._pidfds[child.pid])
-    guard._pidfds[child.pid] = ended_pidfd  # as if child.pid had been reused
+    pretend_the_pid_was_reused(guard, child.pid)
     guard.remember(child.pid)  # the new process arms a timer
     assert guard.send_signal(child.pid, signal.SIGTERM)
     assert child.wait(timeout=5) == -signal.SIGTERM
