@@ -31,6 +31,10 @@ from pytest_expire.timer.local_timer import (
     LocalTimerServer,
     MultiprocessingRequestQueue,
 )
+from pytest_expire.timer.unix_socket_timer import (
+    UnixSocketTimerClient,
+    UnixSocketTimerServer,
+)
 
 __all__ = [
     "FileTimerClient",
@@ -43,6 +47,8 @@ __all__ = [
     "TimerClient",
     "TimerRequest",
     "TimerServer",
+    "UnixSocketTimerClient",
+    "UnixSocketTimerServer",
     "configure",
     "expires",
 ]

@@ -13,7 +13,6 @@ dropped when stale entries outnumber live ones.
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 from collections.abc import Hashable
 from typing import Generic, Protocol, TypeVar
@@ -56,7 +55,7 @@ class TimerTable(Generic[T]):
     def __init__(self) -> None:
         self._by_worker: dict[Hashable, dict[str, T]] = {}
         self._heap: list[tuple[float, int, T]] = []
-        self._seq = itertools.count()
+        self._seq = 0  # breaks ties between equal times (an int, so the table pickles)
         self._count = 0
 
     def __len__(self) -> int:
@@ -68,7 +67,8 @@ class TimerTable(Generic[T]):
         if timer.scope_id not in scopes:
             self._count += 1
         scopes[timer.scope_id] = timer
-        heapq.heappush(self._heap, (timer.expiration_time, next(self._seq), timer))
+        self._seq += 1
+        heapq.heappush(self._heap, (timer.expiration_time, self._seq, timer))
         self._compact_if_stale()
 
     def remove(self, worker_id: Hashable, scope_id: str) -> T | None:
