@@ -1,0 +1,99 @@
+"""Stacks of every thread of a process, taken from outside, even when it is wedged.
+
+A process of the session *registers* for dumps: faulthandler writes the
+stacks of all its threads to a file of its own when it receives
+:data:`DUMP_SIGNAL`. faulthandler writes from the C signal handler, without
+the GIL, so the dump works while a thread is stuck in C code that holds the
+GIL and never returns. The file is the process's own, named after its PID
+and start time, not its stderr: pytest captures stderr, and a dump there
+would be swallowed.
+
+The watchdog *collects*: it sends the signal to a registered process and
+reads what was appended to its file. It signals only processes whose file
+proves they registered: the default action of a real-time signal is to
+terminate, so an unregistered process must never receive one.
+
+A forked child inherits the registration and the file descriptor of its
+parent; a fork handler re-registers it with a file of its own, so parent and
+child dumps never mix.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import time
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+# Real-time signals: test code hardly ever uses them, unlike SIGUSR1/2.
+DUMP_SIGNAL = signal.SIGRTMIN + 6
+
+# How long a dump may take to appear, and how long the file must stay
+# unchanged to count as complete.
+_DUMP_TIMEOUT = 1.0
+_DUMP_SETTLE = 0.05
+
+_registered: tuple[Path, IO[str]] | None = None
+
+
+def dump_file(directory: Path, pid: int) -> Path | None:
+    """The dump file of process ``pid`` in ``directory``; None if there is no such process."""
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+    return directory / f"stacks-{pid}-{started:.2f}.txt"
+
+
+def register(directory: Path) -> None:
+    """Make this process (and its future forked children) dump stacks on DUMP_SIGNAL."""
+    global _registered
+    path = dump_file(directory, os.getpid())
+    assert path is not None, "this process exists"
+    stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 (lives as long as the process)
+    faulthandler.register(DUMP_SIGNAL, file=stream, all_threads=True, chain=False)
+    if _registered is None:
+        os.register_at_fork(after_in_child=lambda: _reregister_in_child(directory))
+    else:
+        _registered[1].close()
+    _registered = (path, stream)
+
+
+def _reregister_in_child(directory: Path) -> None:
+    if _registered is not None:
+        register(directory)
+
+
+def collect(directory: Path, pid: int) -> str | None:
+    """Dump the stacks of registered process ``pid`` and return them; None if unregistered."""
+    try:
+        # Held across the check below, the pidfd makes sure the signal goes to
+        # the process whose file was found, even if its PID is reused meanwhile.
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    try:
+        path = dump_file(directory, pid)
+        if path is None or not path.exists():
+            return None
+        before = path.stat().st_size
+        signal.pidfd_send_signal(pidfd, DUMP_SIGNAL)
+    except ProcessLookupError:
+        return None
+    finally:
+        os.close(pidfd)
+    deadline = time.monotonic() + _DUMP_TIMEOUT
+    size = before
+    while time.monotonic() < deadline:
+        time.sleep(_DUMP_SETTLE)
+        current = path.stat().st_size
+        if current > before and current == size:
+            break
+        size = current
+    with open(path, "rb") as stream:
+        stream.seek(before)
+        return stream.read().decode("utf-8", "replace")

@@ -1,0 +1,122 @@
+"""The tricky spots of a deadline: edges in time, forks, capture, children."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+
+def test_an_interrupt_never_lands_in_the_next_test(pytester: pytest.Pytester) -> None:
+    # Tests that end right at their deadline, each followed by one that
+    # takes no time: a late interrupt would fail the quick one.
+    pytester.makepyfile(
+        """
+        import time
+        import pytest
+
+        @pytest.mark.parametrize("i", range(25))
+        def test_pair(i):
+            time.sleep(0.1 + (i % 5 - 2) * 0.002)
+
+        @pytest.mark.parametrize("i", range(25))
+        def test_quick(i):
+            pass
+        """
+    )
+    pytester.makeconftest(
+        """
+        def pytest_collection_modifyitems(items):
+            pairs = [item for item in items if "test_pair" in item.nodeid]
+            quick = [item for item in items if "test_quick" in item.nodeid]
+            items[:] = [item for both in zip(pairs, quick) for item in both]
+        """
+    )
+    result = pytester.runpytest_subprocess("--expire-default=0.1", "-rf", timeout=120)
+    output = result.stdout.str()
+    assert not re.search(r"FAILED .*test_quick", output)
+    for nodeid in re.findall(r"(\S+) expired after", output):
+        assert "test_pair" in nodeid
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 50
+
+
+def test_a_forked_child_dumps_its_own_stacks(pytester: pytest.Pytester) -> None:
+    child_pid_file = pytester.path / "child.pid"
+    pytester.makepyfile(
+        f"""
+        import os, time
+
+        def hang_in_the_child():
+            time.sleep(3600)
+
+        def test_forks():
+            pid = os.fork()
+            if pid == 0:
+                hang_in_the_child()
+                os._exit(0)
+            with open({str(child_pid_file)!r}, "w") as file:
+                file.write(str(pid))
+            try:
+                os.waitpid(pid, 0)
+            finally:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+        """
+    )
+    result = pytester.runpytest_subprocess("--expire-default=0.5", timeout=60)
+    result.assert_outcomes(failed=1)
+    output = result.stdout.str()
+    child_pid = child_pid_file.read_text()
+    # The child's dump: from its heading to the blank line that ends its one thread.
+    child_dump = output[output.index(f"--- process {child_pid}:") :].split("\n\n")[0]
+    assert "hang_in_the_child" in child_dump
+    assert "os.waitpid" not in child_dump
+
+
+def test_the_dump_reaches_the_report_despite_capture(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import sys, time
+
+        def test_prints_and_hangs():
+            print("to stdout")
+            sys.stderr.write("to stderr")
+            time.sleep(3600)
+        """
+    )
+    for capture in ("fd", "sys", "no"):
+        result = pytester.runpytest_subprocess(
+            "--expire-default=0.5", f"--capture={capture}", timeout=60
+        )
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(["*expired: *test_prints_and_hangs after 0.5 s*"])
+        assert "in test_prints_and_hangs" in result.stdout.str()
+
+
+def test_a_test_without_a_deadline_starts_no_watchdog(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import os
+
+        def test_no_deadline():
+            assert "PYTEST_EXPIRE_ADDRESS" not in os.environ
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1)
+
+
+def test_the_watchdog_address_is_in_the_environment(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import os
+        import pytest
+
+        @pytest.mark.expires(30)
+        def test_armed():
+            assert os.environ["PYTEST_EXPIRE_ADDRESS"].startswith("unix:/")
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1)
