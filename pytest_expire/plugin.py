@@ -28,8 +28,15 @@ from pytest_expire.settings import (
 )
 from pytest_expire.supervisor import Supervisor
 from pytest_expire.timer.unix_socket_timer import ADDRESS_ENV
-from pytest_expire.watchdog import DIRECTORY_ENV, SessionWatchdog, WatchdogClient, read_diagnosis
+from pytest_expire.watchdog import (
+    DIRECTORY_ENV,
+    OWNER_ENV,
+    SessionWatchdog,
+    WatchdogClient,
+    read_diagnosis,
+)
 from pytest_expire.worker import WorkerPlugin, is_worker
+from pytest_expire.xdist_support import CrashReporter, is_controller
 
 PLUGIN_NAME = "expire-session"
 
@@ -75,6 +82,10 @@ def pytest_configure(config: pytest.Config) -> None:
         worker = WorkerPlugin(config)
         plugin.on_armed = worker.armed
         config.pluginmanager.register(worker, "expire-worker")
+    elif is_controller(config) and settings.default is not None:
+        # Started here, so that every worker inherits its address.
+        plugin.watchdog = SessionWatchdog(supervised=True)
+        config.pluginmanager.register(CrashReporter(plugin.watchdog.directory), "expire-xdist")
     elif _should_supervise(config, settings):
         plugin.watchdog = SessionWatchdog(supervised=True)
         config.pluginmanager.register(
@@ -94,7 +105,6 @@ def _should_supervise(config: pytest.Config, settings: Settings) -> bool:
     return (
         settings.default is not None
         and not hasattr(config, "workerinput")
-        and config.getoption("dist", "no") == "no"
         and not config.getoption("collectonly")
         and not config.getoption("usepdb")
         and not config.getoption("trace")
@@ -135,7 +145,10 @@ class ExpirePlugin:
         if self._client is None:
             address = os.environ.get(ADDRESS_ENV)
             directory = os.environ.get(DIRECTORY_ENV)
-            if not (address and directory):
+            # Only a worker uses its parent's watchdog: a pytest run inside a
+            # test (pytester, say) inherits the environment but is a session
+            # of its own.
+            if not (address and directory and str(os.getppid()) == os.environ.get(OWNER_ENV)):
                 self.watchdog = SessionWatchdog(supervised=False)
                 address, directory = self.watchdog.address, str(self.watchdog.directory)
             self._client = WatchdogClient(address)
@@ -205,7 +218,7 @@ class ExpirePlugin:
 
     def _diagnosis(self, deadline: interrupt.Deadline) -> str:
         assert self._directory is not None
-        parts = [read_diagnosis(self._directory, os.getpid())]
+        parts = [read_diagnosis(self._directory, deadline.nodeid)]
         parts.extend(f"asyncio tasks:\n{note}" for note in deadline.notes)
         return "\n".join(part for part in parts if part)
 

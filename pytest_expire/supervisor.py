@@ -35,7 +35,6 @@ from pytest_expire.worker import DONE_FILE_ENV, EVENTS_FD_ENV, SUPERVISOR_PID_EN
 class _WorkerRun:
     """What one worker did: the tests it finished, the one it was in, how it ended."""
 
-    pid: int = 0
     finished: list[str] = field(default_factory=list)
     running: tuple[str, tuple[str, int | None, str]] | None = None
     phases_reported: list[str] = field(default_factory=list)
@@ -100,7 +99,7 @@ class Supervisor:
                 )
             finally:
                 os.close(write_end)
-            run = _WorkerRun(pid=process.pid)
+            run = _WorkerRun()
             with os.fdopen(read_end, encoding="utf-8") as events:
                 for line in events:
                     self._dispatch(session, json.loads(line), run, replay_collection)
@@ -177,7 +176,7 @@ class Supervisor:
             sections=[
                 (
                     f"expired: {nodeid} after {seconds}",
-                    read_diagnosis(self.watchdog.directory, run.pid, killed=True),
+                    read_diagnosis(self.watchdog.directory, nodeid, killed=True),
                 )
             ],
         )

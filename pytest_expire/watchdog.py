@@ -16,6 +16,7 @@ process. A test that ends in time releases both.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing.resource_tracker
 import os
@@ -43,6 +44,8 @@ _KILL_SUFFIX = " [kill]"
 
 #: Where the processes of a session find the directory they share with its watchdog.
 DIRECTORY_ENV = "PYTEST_EXPIRE_DIRECTORY"
+#: The PID of the process that started the watchdog: its workers are its children.
+OWNER_ENV = "PYTEST_EXPIRE_OWNER"
 
 
 class Diagnose:
@@ -60,15 +63,23 @@ class Diagnose:
         self.supervised = supervised
 
     def __call__(self, pid: int, timers: list[FileTimerRequest]) -> str | None:
-        if any(timer.signal == INTERRUPT_SIGNAL for timer in timers):
-            text = self.stacks_of_tree(pid)
-            _write_atomically(diagnosis_path(self.directory, pid), text)
-            return text
-        if any(timer.scope_id.endswith(_KILL_SUFFIX) for timer in timers):
-            scopes = ", ".join(timer.scope_id.removesuffix(_KILL_SUFFIX) for timer in timers)
-            text = self.stacks_of_tree(pid)
-            _write_atomically(diagnosis_path(self.directory, pid, killed=True), text)
-            notice = f"pytest-expire: {scopes} did not end after its interrupt; killing it"
+        interrupts = [timer.scope_id for timer in timers if timer.signal == INTERRUPT_SIGNAL]
+        kills = [
+            timer.scope_id.removesuffix(_KILL_SUFFIX)
+            for timer in timers
+            if timer.scope_id.endswith(_KILL_SUFFIX)
+        ]
+        if not (interrupts or kills):
+            return None
+        text = self.stacks_of_tree(pid)
+        for scope in interrupts:
+            _write_atomically(diagnosis_path(self.directory, scope), text)
+        for scope in kills:
+            _write_atomically(diagnosis_path(self.directory, scope, killed=True), text)
+        if kills:
+            notice = (
+                f"pytest-expire: {', '.join(kills)} did not end after its interrupt; killing it"
+            )
             # Supervised, the stacks go into the test's report; otherwise this
             # is the last the user hears of the session.
             print(
@@ -78,8 +89,7 @@ class Diagnose:
             )
             for process in reversed(self._tree(pid)[1:]):
                 _kill(process)
-            return text
-        return None
+        return text
 
     def stacks_of_tree(self, pid: int) -> str:
         """The stacks of ``pid`` and of every process it started, as one text."""
@@ -105,14 +115,15 @@ class Diagnose:
         return [process for process in tree if process.pid not in helpers]
 
 
-def diagnosis_path(directory: Path, pid: int, killed: bool = False) -> Path:
-    """Where the stacks taken at the interrupt (or at the kill) of ``pid`` are written."""
-    return directory / f"{'killed' if killed else 'interrupted'}-{pid}.txt"
+def diagnosis_path(directory: Path, scope: str, killed: bool = False) -> Path:
+    """Where the stacks taken at the interrupt (or the kill) of test ``scope`` are written."""
+    digest = hashlib.sha1(scope.encode(), usedforsecurity=False).hexdigest()[:20]
+    return directory / f"{'killed' if killed else 'interrupted'}-{digest}.txt"
 
 
-def read_diagnosis(directory: Path, pid: int, killed: bool = False) -> str:
+def read_diagnosis(directory: Path, scope: str, killed: bool = False) -> str:
     try:
-        return diagnosis_path(directory, pid, killed).read_text(encoding="utf-8")
+        return diagnosis_path(directory, scope, killed).read_text(encoding="utf-8")
     except FileNotFoundError:
         return ""
 
@@ -183,6 +194,7 @@ class SessionWatchdog:
         helpers_path(self.directory).write_text(" ".join(str(pid) for pid in helpers if pid))
         os.environ[ADDRESS_ENV] = self.address
         os.environ[DIRECTORY_ENV] = str(self.directory)
+        os.environ[OWNER_ENV] = str(os.getpid())
 
     @property
     def address(self) -> str:
@@ -190,8 +202,8 @@ class SessionWatchdog:
 
     def stop(self) -> None:
         if os.environ.get(ADDRESS_ENV) == self.address:
-            del os.environ[ADDRESS_ENV]
-            del os.environ[DIRECTORY_ENV]
+            for name in (ADDRESS_ENV, DIRECTORY_ENV, OWNER_ENV):
+                os.environ.pop(name, None)
         self._server.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
 
