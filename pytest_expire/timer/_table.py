@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Hashable
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 
 class _Timer(Protocol):
@@ -25,6 +25,7 @@ class _Timer(Protocol):
     def scope_id(self) -> str: ...
     @property
     def expiration_time(self) -> float: ...
+    def __lt__(self, other: Any, /) -> bool: ...
 
 
 T = TypeVar("T", bound=_Timer)
@@ -50,12 +51,13 @@ def is_valid_expiration(value: object) -> bool:
 class TimerTable(Generic[T]):
     """Timers keyed by ``(worker_id, scope_id)``, the latest request winning."""
 
-    __slots__ = ("_by_worker", "_count", "_heap", "_seq")
+    __slots__ = ("_by_worker", "_count", "_heap")
 
     def __init__(self) -> None:
         self._by_worker: dict[Hashable, dict[str, T]] = {}
-        self._heap: list[tuple[float, int, T]] = []
-        self._seq = 0  # breaks ties between equal times (an int, so the table pickles)
+        # The timers themselves, ordered by their expiration time (their
+        # ``<``): no tuple per entry, which would cost more than the timer.
+        self._heap: list[T] = []
         self._count = 0
 
     def __len__(self) -> int:
@@ -67,8 +69,7 @@ class TimerTable(Generic[T]):
         if timer.scope_id not in scopes:
             self._count += 1
         scopes[timer.scope_id] = timer
-        self._seq += 1
-        heapq.heappush(self._heap, (timer.expiration_time, self._seq, timer))
+        heapq.heappush(self._heap, timer)
         self._compact_if_stale()
 
     def remove(self, worker_id: Hashable, scope_id: str) -> T | None:
@@ -94,9 +95,9 @@ class TimerTable(Generic[T]):
     def next_deadline(self) -> float | None:
         """The earliest expiration time of a live timer, or None."""
         heap = self._heap
-        while heap and not self._is_live(heap[0][2]):
+        while heap and not self._is_live(heap[0]):
             heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        return heap[0].expiration_time if heap else None
 
     def expired(self, deadline: float) -> dict[Hashable, list[T]]:
         """Live timers with ``expiration_time <= deadline``, grouped by worker.
@@ -110,8 +111,8 @@ class TimerTable(Generic[T]):
         pending = [0] if heap else []
         while pending:
             index = pending.pop()
-            expiration, _, timer = heap[index]
-            if expiration > deadline:
+            timer = heap[index]
+            if timer.expiration_time > deadline:
                 continue
             if self._is_live(timer):
                 result.setdefault(timer.worker_id, []).append(timer)
@@ -127,7 +128,7 @@ class TimerTable(Generic[T]):
     def _compact_if_stale(self) -> None:
         heap = self._heap
         if len(heap) > _MIN_COMPACT and len(heap) > 2 * self._count:
-            self._heap = [entry for entry in heap if self._is_live(entry[2])]
+            self._heap = [timer for timer in heap if self._is_live(timer)]
             heapq.heapify(self._heap)
 
 

@@ -62,6 +62,10 @@ class TimerRequest:
 
     __hash__ = None  # type: ignore[assignment]  # mutable, like torch's
 
+    def __lt__(self, other: TimerRequest) -> bool:
+        """Requests order by expiration time, so a server can keep them in a heap."""
+        return self.expiration_time < other.expiration_time
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(worker_id={self.worker_id!r}, scope_id={self.scope_id!r}, "

@@ -45,6 +45,13 @@ def test_timer_request_equality_slots_and_pickle() -> None:
     assert "scope" in repr(request)
 
 
+def test_timer_requests_order_by_expiration_time() -> None:
+    early, late = timer.TimerRequest(9, "z", 1.0), timer.TimerRequest(2, "a", 2.0)
+    assert early < late
+    assert not late < early
+    assert sorted([late, early]) == [early, late]
+
+
 def test_expires_without_client_raises() -> None:
     with pytest.raises(RuntimeError, match="configure"), timer.expires(after=1):
         pass
