@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from processes import wait_until
 
 from pytest_expire import timer
 from pytest_expire.timer import api
@@ -163,13 +164,6 @@ class DictServer(timer.TimerServer):
         if isinstance(result, Exception):
             raise result
         return result
-
-
-def wait_until(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
 
 
 def test_user_subclass_reaps_expired_workers_and_keeps_live_ones() -> None:

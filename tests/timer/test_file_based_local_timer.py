@@ -29,6 +29,7 @@ from typing import Any
 
 import psutil
 import pytest
+from processes import read_line, wait_until
 
 from pytest_expire.timer import api
 from pytest_expire.timer import file_based_local_timer as fbt
@@ -125,24 +126,6 @@ class QueueEvents:
 
 
 @pytest.fixture
-def fifo(tmp_path: Path) -> str:
-    return str(tmp_path / "timer.fifo")
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes a test starts; each is killed (by PID) and reaped afterwards."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-@pytest.fixture
 def make_server(fifo: str) -> Iterator[Callable[..., FileTimerServer]]:
     """Creates servers on ``fifo``; each is stopped afterwards."""
     servers: list[FileTimerServer] = []
@@ -166,14 +149,6 @@ def spawn(
     return proc
 
 
-def read_line(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> str:
-    """The next line ``proc`` prints, within ``timeout``."""
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    assert ready, f"process {proc.pid} printed nothing within {timeout} s"
-    return proc.stdout.readline().decode().strip()
-
-
 def start_worker(
     procs: list[subprocess.Popen[bytes]], fifo: str, after: float, work: float, signum: int
 ) -> tuple[subprocess.Popen[bytes], float]:
@@ -193,13 +168,6 @@ def write_raw(fifo: str, data: bytes) -> None:
         assert os.write(fd, data) == len(data)
     finally:
         os.close(fd)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    give_up_at = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < give_up_at, "condition not met in time"
-        time.sleep(0.01)
 
 
 def is_gone(pid: int) -> bool:

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import select
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from processes import read_line
 
 from pytest_expire.timer.file_based_local_timer import FileTimerRequest, FileTimerServer
 
@@ -113,34 +111,6 @@ def torch_python() -> tuple[str, bool]:
             "that has torch to run the interoperability tests"
         )
     return python, explicit
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes a test starts; each is killed (by PID) and reaped afterwards."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-@pytest.fixture
-def fifo(tmp_path: Path) -> str:
-    return str(tmp_path / "timer.fifo")
-
-
-def read_line(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> str:
-    """The next line ``proc`` prints, within ``timeout``."""
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    assert ready, f"process {proc.pid} printed nothing within {timeout} s"
-    return proc.stdout.readline().decode().strip()
 
 
 def start_torch(

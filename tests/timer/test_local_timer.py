@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 import pytest
+from processes import join_or_kill
 
 from pytest_expire import timer
 
@@ -60,15 +61,6 @@ def run(target: Any, *args: Any) -> multiprocessing.process.BaseProcess:
     process = CTX.Process(target=target, args=args)
     process.start()
     return process
-
-
-def join_or_kill(process: multiprocessing.process.BaseProcess, timeout: float) -> int | None:
-    process.join(timeout)
-    if process.is_alive():
-        process.kill()
-        process.join()
-        return None
-    return process.exitcode
 
 
 @pytest.mark.parametrize("how", ["sleep_forever", "hold_the_gil_forever"])

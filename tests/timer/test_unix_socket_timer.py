@@ -19,11 +19,12 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from multiprocessing.context import SpawnContext
 
 import psutil
 import pytest
+from processes import join_or_kill, wait_until
 
 from pytest_expire import timer
 from pytest_expire.timer import unix_socket_timer as ust
@@ -122,23 +123,6 @@ def run_python(
     )
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
-    give_up_at = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > give_up_at:
-            raise AssertionError(f"not true after {timeout} s: {condition}")
-        time.sleep(0.01)
-
-
-def join_or_kill(process: multiprocessing.process.BaseProcess, timeout: float) -> int | None:
-    process.join(timeout)
-    if process.is_alive():
-        process.kill()
-        process.join()
-        return None
-    return process.exitcode
-
-
 def hang_with_client_from_env(after: float, how: str) -> None:
     import hangs
 
@@ -232,7 +216,7 @@ def test_acquire_takes_any_real_time_and_refuses_the_rest(
     client.acquire("never", math.inf)
     client.acquire("int", -1)  # torch's convention: a negative time releases
     client.acquire("wake", time.time() + 30)  # before the server's next wake-up: wakes it
-    wait_for(lambda: len(sleepy_server._timers) == 3)
+    wait_until(lambda: len(sleepy_server._timers) == 3)
 
 
 # ------------------------------------------------------------------ no server, lost server
@@ -355,12 +339,12 @@ def test_release_disarms_and_the_server_never_signals_its_own_process(
     client.acquire("released", soon)
     client.release("released")
     client.acquire("kept", soon)
-    wait_for(lambda: "Timers expired" in caplog_info.text)
+    wait_until(lambda: "Timers expired" in caplog_info.text)
     expired = [r.getMessage() for r in caplog_info.records if "Timers expired" in r.getMessage()]
     assert len(expired) == 1
     assert '"kept"' in expired[0]
     assert '"released"' not in expired[0]
-    wait_for(lambda: f"refusing to signal {os.getpid()}" in caplog_info.text)
+    wait_until(lambda: f"refusing to signal {os.getpid()}" in caplog_info.text)
     assert len(thread_server._timers) == 0
 
 
@@ -469,8 +453,8 @@ def test_an_orphaned_grandchild_is_not_signalled(
     )
     orphan = psutil.Process(int(result.stdout))
     try:
-        wait_for(lambda: os.path.exists(armed))
-        wait_for(lambda: f"refusing to signal {orphan.pid}: not a descendant" in caplog_info.text)
+        wait_until(lambda: os.path.exists(armed))
+        wait_until(lambda: f"refusing to signal {orphan.pid}: not a descendant" in caplog_info.text)
         assert orphan.status() != psutil.STATUS_ZOMBIE
     finally:
         orphan.kill()  # psutil checks it is still the same process
@@ -492,7 +476,7 @@ def test_a_dead_clients_timers_are_dropped(
         env_of(thread_server),
     )
     pid, deadline = result.stdout.split()
-    wait_for(lambda: f"timer client {pid} closed its" in caplog_info.text)
+    wait_until(lambda: f"timer client {pid} closed its" in caplog_info.text)
     assert "dropping its 1 timer(s): ['left-behind']" in caplog_info.text
     assert len(thread_server._timers) == 0
     time.sleep(max(0.0, float(deadline) + 0.1 - time.time()))
@@ -507,12 +491,12 @@ def test_timers_stay_while_another_connection_of_the_process_lives(
     # Each deadline before the server's next wake-up, so that it reads them now.
     first.acquire("armed-by-first", time.time() + 30)
     second.acquire("armed-by-second", time.time() + 20)
-    wait_for(lambda: len(sleepy_server._timers) == 2)
+    wait_until(lambda: len(sleepy_server._timers) == 2)
     second.close()
-    wait_for(lambda: "1 remain" in caplog_info.text)
+    wait_until(lambda: "1 remain" in caplog_info.text)
     assert len(sleepy_server._timers) == 2
     first.close()
-    wait_for(lambda: len(sleepy_server._timers) == 0)
+    wait_until(lambda: len(sleepy_server._timers) == 0)
     assert "dropping its 2 timer(s)" in caplog_info.text
 
 
@@ -747,7 +731,7 @@ def test_a_corrupt_stream_ends_only_its_connection(
         os.close(write_end)
     assert "is corrupt" in caplog_info.text
     other.acquire("still-served", time.time() + 0.1)
-    wait_for(lambda: '"scope_id": "still-served"' in caplog_info.text)
+    wait_until(lambda: '"scope_id": "still-served"' in caplog_info.text)
 
 
 def test_the_server_survives_a_flood_of_wake_ups(thread_server: UnixSocketTimerServer) -> None:
