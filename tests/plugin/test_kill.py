@@ -8,6 +8,7 @@ JUnit XML and one exit code.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -195,3 +196,30 @@ def test_nothing_outlives_a_session_killed_with_sigkill(pytester: pytest.Pyteste
         if session.poll() is None:
             os.kill(session.pid, signal.SIGKILL)
             session.wait()
+
+
+def test_an_endless_loop_in_c_holding_the_gil_is_killed(pytester: pytest.Pytester) -> None:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build the endless loop with")
+    source = pytester.path / "spin.c"
+    source.write_text('void spin(void) { for (;;) { __asm__ volatile(""); } }\n')
+    library = pytester.path / "libspin.so"
+    subprocess.run([compiler, "-shared", "-fPIC", "-O1", "-o", library, source], check=True)
+    pytester.makepyfile(
+        test_suite=textwrap.dedent(
+            f"""
+            import ctypes
+
+            def test_spins_in_c():
+                ctypes.PyDLL({str(library)!r}).spin()  # PyDLL: the GIL stays held
+            """
+        )
+        + FOLLOWER
+    )
+    result = pytester.runpytest_subprocess(*ARGS, timeout=120)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*test_spins_in_c expired after 0.5 s (in call); it did not stop*"]
+    )
+    assert "in test_spins_in_c" in result.stdout.str()
