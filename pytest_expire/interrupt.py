@@ -22,8 +22,6 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from pytest_expire.settings import format_seconds
-
 INTERRUPT_SIGNAL = signal.SIGRTMIN + 7
 
 # The watchdog and this process read the same clock; this covers rounding.
@@ -51,7 +49,7 @@ class Deadline:
     notes: list[str] = field(default_factory=list)
 
     def message(self) -> str:
-        return f"{self.nodeid} expired after {format_seconds(self.seconds)} (in {self.expired_in})"
+        return f"{self.nodeid} expired after {self.seconds:g} s (in {self.expired_in})"
 
 
 current: Deadline | None = None

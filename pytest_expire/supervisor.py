@@ -30,6 +30,14 @@ from pytest_expire.settings import format_seconds
 from pytest_expire.watchdog import SessionWatchdog, read_diagnosis
 from pytest_expire.worker import DONE_FILE_ENV, EVENTS_FD_ENV, SUPERVISOR_PID_ENV
 
+# Exit codes that mean the tests ran (or there were none): this process
+# derives its own from the reports it replayed.
+_TEST_OUTCOMES = (
+    pytest.ExitCode.OK,
+    pytest.ExitCode.TESTS_FAILED,
+    pytest.ExitCode.NO_TESTS_COLLECTED,
+)
+
 
 @dataclass
 class _WorkerRun:
@@ -63,9 +71,12 @@ class Supervisor:
             first = False
             done.extend(run.finished)
             if run.exitstatus is not None:
-                if run.exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR):
-                    raise session.Interrupted(
-                        f"the test session ended with exit code {run.exitstatus}"
+                if run.exitstatus == pytest.ExitCode.INTERRUPTED:
+                    raise session.Interrupted("the worker session was interrupted")
+                if run.exitstatus not in _TEST_OUTCOMES:
+                    # A usage or internal error: the worker said why on stderr.
+                    pytest.exit(
+                        f"the worker session ended with exit code {run.exitstatus}", run.exitstatus
                     )
                 return True
             if run.running is None:

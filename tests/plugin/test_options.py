@@ -189,3 +189,20 @@ def test_bad_markers_are_usage_errors_naming_the_test(
         [f"*test_bad_markers_are_usage_errors_naming_the_test.py::test_marked*{message}*"]
     )
     assert "Traceback" not in result.stderr.str()
+
+
+def test_a_bad_marker_is_a_usage_error_in_a_supervised_session_too(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.expires("soon")
+        def test_marked():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--expire-default=30")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*::test_marked: @pytest.mark.expires takes one number*"])
