@@ -148,10 +148,15 @@ class ReapGuard:
     def _may_signal(self, pid: int) -> bool:
         if pid == self.host_pid or pid in self._admitted:
             return True
+        # Up the parent chain until the host or init: one step for a direct child.
         try:
-            return any(parent.pid == self.host_pid for parent in psutil.Process(pid).parents())
+            while pid > 1:
+                pid = psutil.Process(pid).ppid()
+                if pid == self.host_pid:
+                    return True
         except psutil.Error:
-            return False
+            pass
+        return False
 
 
 def _is_pid(value: object) -> bool:

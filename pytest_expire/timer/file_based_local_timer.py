@@ -250,12 +250,16 @@ def _reject_constant(name: str) -> Any:
     raise MalformedRequest(f"{name} is not a time")
 
 
+# Built once: json.loads() with any keyword builds a decoder per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def parse_request(line: bytes) -> FileTimerRequest:
     """Decode one line (without its newline); raise :class:`MalformedRequest` if it is bad."""
     if len(line) + 1 > select.PIPE_BUF:
         raise MalformedRequest(f"longer than {select.PIPE_BUF} bytes")
     try:
-        obj = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+        obj = _DECODER.decode(line.decode("utf-8"))
     except MalformedRequest:
         raise
     except UnicodeDecodeError as exc:

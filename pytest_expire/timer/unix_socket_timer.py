@@ -146,6 +146,9 @@ _AWAKE = 0.0
 _DEFAULT_TIMEOUT = 1.0
 _RELEASE_CACHE_SIZE = 256
 _READ_SIZE = 65536
+# What a client asks for its request pipe (the kernel's default is 64 KiB;
+# an unprivileged process may have up to /proc/sys/fs/pipe-max-size, 1 MiB).
+_PIPE_SIZE = 1 << 20
 # Per connection and round, so one busy client cannot starve the others or the deadlines.
 _CONTROL_BATCH = 256
 _ACCEPT_BATCH = 64
@@ -490,6 +493,8 @@ def _handshake(path: str, address: str, timeout: float) -> _ClientConnection:
         sock.connect(path)
         connected = True
         read_end, write_end = os.pipe()
+        with contextlib.suppress(OSError):  # a bigger pipe fills, and stalls, less often
+            fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         try:
             sock.sendmsg(
                 [_HELLO],
