@@ -39,6 +39,8 @@ from pytest_expire.worker import WorkerPlugin, is_worker
 from pytest_expire.xdist_support import CrashReporter, is_controller
 
 PLUGIN_NAME = "expire-session"
+# A test's deadline in seconds (None: no deadline), found at collection.
+_DEADLINE = pytest.StashKey[float | None]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -130,8 +132,9 @@ class ExpirePlugin:
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        # Once per test, here: a bad marker is a usage error before any test runs.
         for item in items:
-            deadline_for(item, self.settings)  # a bad marker is a usage error now, not later
+            item.stash[_DEADLINE] = deadline_for(item, self.settings)
 
     def pytest_unconfigure(self) -> None:
         if self._client is not None:
@@ -159,7 +162,10 @@ class ExpirePlugin:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
-        seconds = deadline_for(item, self.settings)
+        try:
+            seconds = item.stash[_DEADLINE]
+        except KeyError:  # an item that no collection hook saw
+            seconds = deadline_for(item, self.settings)
         if seconds is None:
             return (yield)
         client = self._connect()

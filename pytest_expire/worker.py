@@ -47,9 +47,10 @@ class WorkerPlugin:
         # a hung test would have no watchdog.
         die_with_parent(int(os.environ[SUPERVISOR_PID_ENV]), signal.SIGKILL)
 
-    def _send(self, event: str, **data: Any) -> None:
+    def _send(self, event: str, flush: bool = True, **data: Any) -> None:
         self._events.write(json.dumps({"event": event, **data}) + "\n")
-        self._events.flush()
+        if flush:
+            self._events.flush()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self) -> None:
@@ -61,7 +62,8 @@ class WorkerPlugin:
 
     def armed(self, nodeid: str, seconds: float) -> None:
         """Tell the supervisor the deadline of the test about to run."""
-        self._send("armed", nodeid=nodeid, seconds=seconds)
+        # Flushed with the test's logstart, which comes before the test can hang.
+        self._send("armed", flush=False, nodeid=nodeid, seconds=seconds)
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         self._send("collectreport", report=self._serialize(report))
