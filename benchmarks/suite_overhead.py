@@ -61,10 +61,22 @@ wall time of a run is taken from ``Popen`` to its exit; its CPU time is the
 growth of ``RUSAGE_CHILDREN`` over the run (user + system of the pytest
 process and of every process below it that was waited for: the worker and
 the watchdog of a supervised run). The table gives, for the big suite, the
-median wall and CPU time of each variant and the *median of the per-round
-ratios* to ``bare``. CPU time matters: a supervised run keeps two processes
-busy at once, which two idle cores hide in the wall time and a busy machine
-does not.
+median wall and CPU time of each variant, the *median of the per-round
+ratios* to ``bare``, and the ratio of the variant's fastest run to bare's
+fastest. CPU time matters: a supervised run keeps two processes busy at
+once, which two idle cores hide in the wall time and a busy machine does
+not.
+
+Noise. On a shared virtual machine a whole run can be 30-70 % slower than
+the same run a minute later, in stretches of seconds to minutes, also when
+no other process is busy: the host, not the guest, is contended. Each run
+therefore records the *others' load*: the CPU time the whole machine was
+busy (``/proc/stat``, steal included) minus the run's own, per second of the
+run, in cores; the tables give its median. A slowdown with near-zero
+others' load is the host's. Slowdowns only add time, so the fastest runs
+are the least disturbed ones: the "fastest" columns compare those, and are
+the better estimate of small differences when rounds are few; a difference
+smaller than the spread between rounds is not resolved by either.
 
 Per-test cost and fixed cost
 ----------------------------
@@ -74,25 +86,29 @@ ratio of one suite size mixes the two. Per round and variant, the per-test
 cost is the slope between the two sizes, ``(T(big) - T(small)) / (big -
 small)``, and the fixed cost the intercept, ``T(small) - small x slope``. The
 tables give the medians over rounds of each, of their differences to
-``bare`` in the same round, and of the per-test ratio to ``bare``; for wall
-and for CPU time.
+``bare`` in the same round, and of the per-test ratio to ``bare``, for wall
+and for CPU time; and the difference of slopes taken between the fastest
+run of each size.
 
 Per test inside the processes
 -----------------------------
 A slope is the difference of two run times of several seconds, each of
-which moves by tens of percent when other jobs share the machine: it cannot
-resolve a few microseconds. So, once per variant on the big suite of the
-first kind, a generated ``-p`` plugin times every test from inside: wall
-(``perf_counter_ns``) and CPU (``process_time_ns``) from the entry of its
-``pytest_runtest_protocol`` (``tryfirst``, outside every other wrapper) to
-the exit, in the process that runs the tests; the median over all the tests
-of the run shrugs off the moments another job took the core. In a
-supervisor, which runs no test, the plugin takes the CPU time between two
-consecutive replayed ``pytest_runtest_logfinish`` (the supervisor waits for
-its worker without using CPU, so that is its work per test). These runs
-carry the plugin, so they are not the whole-run figures; they show where the
-per-test time goes (the test-running process, or the supervisor's replay on
-the other core). Collection and start-up are not in them.
+which moves by tens of percent on a shared machine: it cannot resolve a few
+microseconds. So, in ``--per-test-rounds`` further rounds (alternating
+order again) on the small suite of the first kind, a generated ``-p`` plugin
+times every test from inside: wall (``perf_counter_ns``) and CPU
+(``process_time_ns``) from the entry of its ``pytest_runtest_protocol``
+(``tryfirst``, outside every other wrapper) to the exit, in the process that
+runs the tests; the median over the tests of a run shrugs off the moments
+another job took the core, though not a host that is slow for the whole run.
+A supervisor runs no test: there the plugin takes the CPU time between two
+consecutive replayed ``pytest_runtest_logfinish`` (it waits for its worker
+without using CPU, so that is its work per test). The table gives the
+medians over rounds and of the per-round differences to ``bare``, and the
+fastest round's median against bare's fastest. These runs carry the plugin,
+so they are not the whole-run figures; they show where per-test time goes
+(the process that runs the tests, or the supervisor's replay, which a second
+idle core can absorb). Collection and start-up are not in them.
 
 Deadline -> failed report
 -------------------------
@@ -192,29 +208,36 @@ class Variant:
 
 VARIANTS = (
     Variant("bare", "bare pytest", ()),
-    Variant("expire-idle", "expire loaded, no deadline", (), ("expire",)),
+    Variant("expire-idle", "pytest-expire loaded, no deadline", (), ("expire",)),
     Variant(
         "expire-marker",
-        "every test marked expires(60), no supervisor",
+        "every test marked expires(60), no default: no supervisor",
         ("-p", MARKER_PLUGIN),
         ("expire",),
     ),
-    Variant("expire", "--expire-default=60", ("--expire-default=60",), ("expire",)),
+    Variant(
+        "expire",
+        "--expire-default=60: supervised worker, watchdog",
+        ("--expire-default=60",),
+        ("expire",),
+    ),
     Variant(
         "timeout-signal",
-        "pytest-timeout --timeout=60 signal",
+        "pytest-timeout --timeout=60 --timeout-method=signal",
         ("--timeout=60", "--timeout-method=signal"),
         ("timeout",),
         "pytest-timeout",
     ),
     Variant(
         "timeout-thread",
-        "pytest-timeout --timeout=60 thread",
+        "pytest-timeout --timeout=60 --timeout-method=thread",
         ("--timeout=60", "--timeout-method=thread"),
         ("timeout",),
         "pytest-timeout",
     ),
-    Variant("faulthandler", "-o faulthandler_timeout=60", ("-o", "faulthandler_timeout=60")),
+    Variant(
+        "faulthandler", "pytest's -o faulthandler_timeout=60", ("-o", "faulthandler_timeout=60")
+    ),
 )
 KINDS = ("plain", "fixture")
 
@@ -228,6 +251,7 @@ class RunResult:
     stdout: str
     stderr: str
     error: str | None = None
+    others: float = float("nan")  # cores busy with other work during the run (incl. steal)
 
 
 @dataclass
@@ -427,6 +451,20 @@ def write_latency_suite(directory: Path, body: str, marker: bool) -> None:
 # ---------------------------------------------------------------------- processes
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (steal included), from /proc/stat."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return float("nan")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+
+
 class Runner:
     """Runs pytest subprocesses, one at a time, and leaves nothing behind."""
 
@@ -471,6 +509,7 @@ class Runner:
         env = {**self.env, **(extra_env or {})}
         out_path, err_path = self.root / "stdout.txt", self.root / "stderr.txt"
         with out_path.open("wb") as out, err_path.open("wb") as err:
+            busy_before = machine_busy()
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
             process = subprocess.Popen(
@@ -486,12 +525,14 @@ class Runner:
                 process.wait()
             wall = time.perf_counter() - start
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            busy = machine_busy() - busy_before
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         self._check_leftovers(process.pid, label)
         result = RunResult(
             pid=process.pid,
             wall=wall,
             cpu=cpu,
+            others=max(0.0, busy - cpu) / wall,
             returncode=process.returncode,
             stdout=out_path.read_text(errors="replace"),
             stderr=err_path.read_text(errors="replace"),
@@ -577,10 +618,12 @@ class Overhead:
 
     wall: Series = field(default_factory=dict)
     cpu: Series = field(default_factory=dict)
+    others: Series = field(default_factory=dict)  # cores busy with other work
 
     def add(self, key: tuple[str, int, str], number: int, result: RunResult) -> None:
         self.wall.setdefault(key, {})[number] = result.wall
         self.cpu.setdefault(key, {})[number] = result.cpu
+        self.others.setdefault(key, {})[number] = result.others
 
 
 def measure_overhead(
@@ -609,7 +652,8 @@ def measure_overhead(
                     ok = result.error is None and result.returncode == 0 and passed == size
                     print(
                         f"[{done}/{total}] {label}: {result.wall:.2f} s wall, "
-                        f"{result.cpu:.2f} s CPU{'' if ok else '  FAILED'}",
+                        f"{result.cpu:.2f} s CPU, others {result.others:.2f} cores"
+                        f"{'' if ok else '  FAILED'}",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -637,6 +681,15 @@ def slopes(values: Series, kind: str, key: str, sizes: tuple[int, int]) -> dict[
     return {n: (t_big[n] - t_small[n]) / (big - small) for n in t_small.keys() & t_big.keys()}
 
 
+def fastest_slope(values: Series, kind: str, key: str, sizes: tuple[int, int]) -> float:
+    """Seconds per test between the fastest run of each size."""
+    small, big = sizes
+    t_small, t_big = values.get((kind, small, key), {}), values.get((kind, big, key), {})
+    if not (t_small and t_big):
+        return float("nan")
+    return (min(t_big.values()) - min(t_small.values())) / (big - small)
+
+
 def intercepts(values: Series, kind: str, key: str, sizes: tuple[int, int]) -> dict[int, float]:
     """Fixed seconds per run, per round: the intercept at zero tests."""
     small = sizes[0]
@@ -652,68 +705,72 @@ def per_round(mine: dict[int, float], bare: dict[int, float], how: str) -> list[
     return [mine[n] - bare[n] for n in common]
 
 
+PerTest = dict[str, dict[int, dict[str, float]]]  # variant -> round -> figure -> µs
+
+
 def measure_per_test(
-    runner: Runner,
-    suites: dict[tuple[str, int], Path],
-    variants: Sequence[Variant],
-    size: int,
-    kinds: Sequence[str],
-) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """One run per variant and kind, with the per-test plugin: the records of its processes."""
-    out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    runner: Runner, suite: Path, variants: Sequence[Variant], rounds: int
+) -> PerTest:
+    """Rounds of one run per variant with the per-test plugin: its medians, per round."""
+    out: PerTest = {}
     records_file = runner.root / "per-test.jsonl"
-    for kind in kinds:
-        for variant in variants:
+    for number in range(rounds):
+        order = list(variants) if number % 2 == 0 else list(reversed(variants))
+        for variant in order:
             records_file.unlink(missing_ok=True)
-            label = f"per-test medians, {kind}-{size}, {variant.key}"
+            label = f"per-test medians, round {number + 1}, {suite.name}, {variant.key}"
             args = [*runner.blocked(variant.plugins), "-p", PER_TEST_PLUGIN, *variant.args]
-            result = runner.run(
-                suites[kind, size],
-                args,
-                RUN_TIMEOUT,
-                {PER_TEST_ENV: str(records_file)},
-                label=label,
-            )
+            env = {PER_TEST_ENV: str(records_file)}
+            result = runner.run(suite, args, RUN_TIMEOUT, env, label=label)
             try:
-                lines = records_file.read_text().splitlines()
-            except OSError:
-                lines = []
-            records = [json.loads(line) for line in lines]
-            if result.error is not None or result.returncode != 0 or not records:
+                records = [json.loads(line) for line in records_file.read_text().splitlines()]
+            except (OSError, ValueError):
+                records = []
+            tests = next((r for r in records if r["tests"]), None)
+            if result.error is not None or result.returncode != 0 or tests is None:
                 runner.notes.append(f"{label}: failed ({result.error or result.returncode})")
                 continue
-            out[kind, variant.key] = records
-            print(f"{label}: {json.dumps(records)}", file=sys.stderr, flush=True)
+            figures = {"wall": tests["wall_us"], "cpu": tests["cpu_us"], "others": result.others}
+            replay = next((r for r in records if r["replayed"]), None)
+            if replay is not None:
+                figures["replay"] = replay["replay_cpu_us"]
+            out.setdefault(variant.key, {})[number] = figures
+            print(f"{label}: {json.dumps(figures)}", file=sys.stderr, flush=True)
     return out
 
 
-def per_test_table(
-    records: dict[tuple[str, str], list[dict[str, Any]]],
-    variants: Sequence[Variant],
-    size: int,
-    kinds: Sequence[str],
-) -> list[str]:
+def per_test_table(per_test: PerTest, variants: Sequence[Variant], suite: str) -> list[str]:
     lines = [
-        f"### Per test inside the processes (medians over the {size:,} tests of one run)",
+        f"### {suite}: per test inside the processes (medians over the tests of a run)",
         "",
-        "| suite | variant | wall µs | Δ bare | CPU µs | Δ bare | supervisor CPU µs |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | wall µs | Δ bare | fastest wall µs | Δ bare's fastest | CPU µs | Δ bare "
+        "| supervisor CPU µs | others' load | rounds |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for kind in kinds:
-        bare = next((r for r in records.get((kind, "bare"), []) if r["tests"]), None)
-        for variant in variants:
-            runs = records.get((kind, variant.key), [])
-            tests = next((r for r in runs if r["tests"]), None)
-            replay = next((r for r in runs if r["replayed"]), None)
-            if tests is None:
-                continue
-            wall_delta = tests["wall_us"] - bare["wall_us"] if bare else None
-            cpu_delta = tests["cpu_us"] - bare["cpu_us"] if bare else None
-            lines.append(
-                f"| {kind} | {variant.key} | {fmt(tests['wall_us'], 1)} | {fmt(wall_delta, 1)} | "
-                f"{fmt(tests['cpu_us'], 1)} | {fmt(cpu_delta, 1)} | "
-                f"{fmt(replay['replay_cpu_us'], 1) if replay else '-'} |"
-            )
+    bare = per_test.get("bare", {})
+    for variant in variants:
+        runs = per_test.get(variant.key, {})
+        if not runs:
+            continue
+
+        def figure(name: str, runs: dict[int, dict[str, float]] = runs) -> dict[int, float]:
+            return {n: f[name] for n, f in runs.items() if name in f}
+
+        wall, cpu, replay = figure("wall"), figure("cpu"), figure("replay")
+        others = figure("others")
+        bare_wall = {n: f["wall"] for n, f in bare.items()}
+        bare_cpu = {n: f["cpu"] for n, f in bare.items()}
+        fastest = min(wall.values()) if wall else None
+        fastest_delta = fastest - min(bare_wall.values()) if fastest and bare_wall else None
+        lines.append(
+            f"| {variant.key} | {fmt(median(list(wall.values())), 1)} | "
+            f"{fmt(median(per_round(wall, bare_wall, 'difference')), 1)} | "
+            f"{fmt(fastest, 1)} | {fmt(fastest_delta, 1)} | "
+            f"{fmt(median(list(cpu.values())), 1)} | "
+            f"{fmt(median(per_round(cpu, bare_cpu, 'difference')), 1)} | "
+            f"{fmt(median(list(replay.values())), 1) if replay else '-'} | "
+            f"{fmt(median(list(others.values())))} | {len(runs)} |"
+        )
     lines.append("")
     return lines
 
@@ -874,27 +931,33 @@ def overhead_tables(
         lines += [
             f"### {kind}: {big:,} tests, whole run",
             "",
-            "| variant | wall s | wall / bare | CPU s | CPU / bare | rounds |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            "| variant | wall s | wall / bare | fastest / bare's | CPU s | CPU / bare "
+            "| others' load | rounds |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for variant in variants:
             walls = list(data.wall.get((kind, big, variant.key), {}).values())
             cpus = list(data.cpu.get((kind, big, variant.key), {}).values())
+            others = list(data.others.get((kind, big, variant.key), {}).values())
             wall_ratio = median([v / b for v, b in paired(data.wall, kind, big, variant.key)])
+            bare_walls = list(data.wall.get((kind, big, "bare"), {}).values())
+            fastest = min(walls) / min(bare_walls) if walls and bare_walls else None
             cpu_ratio = median([v / b for v, b in paired(data.cpu, kind, big, variant.key)])
             summary[f"{kind}/{variant.key}/whole_wall_ratio"] = wall_ratio
             summary[f"{kind}/{variant.key}/whole_cpu_ratio"] = cpu_ratio
             lines.append(
                 f"| {variant.key} | {fmt(median(walls))} | {fmt(wall_ratio, 3)} | "
-                f"{fmt(median(cpus))} | {fmt(cpu_ratio, 3)} | {len(walls)} |"
+                f"{fmt(fastest, 3)} | {fmt(median(cpus))} | {fmt(cpu_ratio, 3)} | "
+                f"{fmt(median(others))} | "
+                f"{len(walls)} |"
             )
         lines += [
             "",
             f"### {kind}: per test (slope {small:,} -> {big:,} tests) and fixed cost",
             "",
-            "| variant | per test µs | Δ bare µs | / bare | fixed s | Δ bare s "
-            "| CPU per test µs | Δ bare µs | / bare |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| variant | per test µs | Δ bare µs | / bare | Δ bare µs, fastest runs "
+            "| fixed s | Δ bare s | CPU per test µs | Δ bare µs | / bare |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         bare_wall = slopes(data.wall, kind, "bare", sizes)
         bare_cpu = slopes(data.cpu, kind, "bare", sizes)
@@ -910,6 +973,8 @@ def overhead_tables(
             cpu_per_test = median(list(cpu.values())) * 1e6
             cpu_delta = median(per_round(cpu, bare_cpu, "difference")) * 1e6
             cpu_ratio = median(per_round(cpu, bare_cpu, "ratio"))
+            fastest_delta = fastest_slope(data.wall, kind, variant.key, sizes)
+            fastest_delta -= fastest_slope(data.wall, kind, "bare", sizes)
             summary[f"{kind}/{variant.key}/per_test_us"] = per_test
             summary[f"{kind}/{variant.key}/per_test_delta_us"] = delta
             summary[f"{kind}/{variant.key}/per_test_ratio"] = ratio
@@ -917,6 +982,7 @@ def overhead_tables(
             summary[f"{kind}/{variant.key}/fixed_delta_s"] = fixed_delta
             lines.append(
                 f"| {variant.key} | {fmt(per_test, 0)} | {fmt(delta, 0)} | {fmt(ratio, 3)} | "
+                f"{fmt(fastest_delta * 1e6, 0)} | "
                 f"{fmt(median(list(fixed.values())))} | {fmt(fixed_delta)} | "
                 f"{fmt(cpu_per_test, 0)} | {fmt(cpu_delta, 0)} | {fmt(cpu_ratio, 3)} |"
             )
@@ -1014,6 +1080,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sizes", type=int, nargs=2, metavar=("SMALL", "BIG"), help="suite sizes (500 5000)"
     )
+    parser.add_argument(
+        "--per-test-rounds",
+        type=int,
+        help="rounds of in-process per-test timing (small suite, first kind; 8; quick: 1)",
+    )
     parser.add_argument("--samples", type=int, help="latency sessions per case (5; quick: 1)")
     parser.add_argument(
         "--only",
@@ -1035,11 +1106,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.kinds = ["plain"] if args.quick else list(KINDS)
     if args.samples is None:
         args.samples = 1 if args.quick else 5
+    if args.per_test_rounds is None:
+        args.per_test_rounds = 1 if args.quick else 8
     small, big = args.sizes
     if not 0 < small < big:
         parser.error("--sizes: need 0 < SMALL < BIG")
-    if args.rounds < 1 or args.samples < 0:
-        parser.error("--rounds must be >= 1 and --samples >= 0")
+    if args.rounds < 1 or args.samples < 0 or args.per_test_rounds < 0:
+        parser.error("--rounds must be >= 1, --samples and --per-test-rounds >= 0")
     return args
 
 
@@ -1078,7 +1151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 suites[kind, size] = root / f"{kind}-{size}"
                 write_suite(suites[kind, size], kind, size)
         data = measure_overhead(runner, suites, variants, args.rounds, sizes, args.kinds)
-        per_test = measure_per_test(runner, suites, variants, sizes[1], args.kinds[:1])
+        per_test_suite = suites[args.kinds[0], sizes[0]]
+        per_test = measure_per_test(runner, per_test_suite, variants, args.per_test_rounds)
         cases = measure_latency(runner, root, args.samples)
     except (KeyboardInterrupt, BenchInterrupted):
         print("interrupted; killing what was started", file=sys.stderr)
@@ -1095,14 +1169,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines += [f"- pytest11 entry points (blocked unless measured): {blocked}", ""]
     lines += [
         f"Rounds: {args.rounds}; sizes {sizes[0]:,} and {sizes[1]:,}; "
-        f"ratios are medians of per-round ratios to bare.",
+        f"ratios are medians of per-round ratios to bare. Variants:",
         "",
     ]
+    lines += [f"- {v.key}: {v.label}" for v in variants]
+    lines.append("")
     table, summary = overhead_tables(data, variants, sizes, args.kinds)
     lines += table
-    lines += per_test_table(per_test, variants, sizes[1], args.kinds[:1])
+    if per_test:
+        lines += per_test_table(per_test, variants, per_test_suite.name)
     table, latency = latency_table(cases)
-    lines += table
+    if args.samples:
+        lines += table
     have_timeout = any(v.key == "timeout-signal" for v in variants)
     if args.quick:
         lines += ["### Targets", "", "Not judged with --quick: too few tests and rounds.", ""]
@@ -1119,6 +1197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rounds": args.rounds,
             "wall": {"/".join(map(str, k)): v for k, v in data.wall.items()},
             "cpu": {"/".join(map(str, k)): v for k, v in data.cpu.items()},
+            "others": {"/".join(map(str, k)): v for k, v in data.others.items()},
+            "per_test": per_test,
             "version": info.get("checkout"),
             "summary": summary,
             "latency": {case.key: case.samples for case in cases},
