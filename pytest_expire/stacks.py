@@ -68,8 +68,30 @@ def _reregister_in_child(directory: Path) -> None:
         register(directory)
 
 
-def collect(directory: Path, pid: int) -> str | None:
-    """Dump the stacks of registered process ``pid`` and return them; None if unregistered."""
+def collect(directory: Path, pids: list[int]) -> dict[int, str]:
+    """Dump the stacks of the registered processes among ``pids``; their texts by PID.
+
+    All are signalled first and then waited for together, so a tree of
+    processes costs one wait, not one per process. Unregistered processes
+    are left out (and never signalled).
+    """
+    started = {pid: started for pid in pids if (started := _signal(directory, pid))}
+    sizes = dict.fromkeys(started, -1)
+    deadline = time.monotonic() + _DUMP_TIMEOUT
+    while time.monotonic() < deadline:
+        time.sleep(_DUMP_SETTLE)
+        settled = True
+        for pid, (path, before) in started.items():
+            current = path.stat().st_size
+            settled = settled and before < current == sizes[pid]
+            sizes[pid] = current
+        if settled:
+            break
+    return {pid: _read_from(path, before) for pid, (path, before) in started.items()}
+
+
+def _signal(directory: Path, pid: int) -> tuple[Path, int] | None:
+    """Signal ``pid`` to dump, if registered: its file and the file's size before."""
     try:
         # Held across the check below, the pidfd makes sure the signal goes to
         # the process whose file was found, even if its PID is reused meanwhile.
@@ -82,18 +104,14 @@ def collect(directory: Path, pid: int) -> str | None:
             return None
         before = path.stat().st_size
         signal.pidfd_send_signal(pidfd, DUMP_SIGNAL)
+        return path, before
     except ProcessLookupError:
         return None
     finally:
         os.close(pidfd)
-    deadline = time.monotonic() + _DUMP_TIMEOUT
-    size = before
-    while time.monotonic() < deadline:
-        time.sleep(_DUMP_SETTLE)
-        current = path.stat().st_size
-        if current > before and current == size:
-            break
-        size = current
+
+
+def _read_from(path: Path, offset: int) -> str:
     with open(path, "rb") as stream:
-        stream.seek(before)
+        stream.seek(offset)
         return stream.read().decode("utf-8", "replace")

@@ -96,12 +96,13 @@ class Diagnose:
         tree = self._tree(pid)
         if not tree:
             return f"process {pid} is gone\n"
-        parts = []
-        for process in tree:
-            dump = stacks.collect(self.directory, process.pid)
-            if dump is None:
-                dump = "(no stacks: this process did not register for dumps)\n"
-            parts.append(f"--- process {process.pid}: {_command_line(process)} ---\n{dump}")
+        dumps = stacks.collect(self.directory, [process.pid for process in tree])
+        unregistered = "(no stacks: this process did not register for dumps)\n"
+        parts = [
+            f"--- process {process.pid}: {_command_line(process)} ---\n"
+            f"{dumps.get(process.pid, unregistered)}"
+            for process in tree
+        ]
         return "\n".join(parts)
 
     def _tree(self, pid: int) -> list[psutil.Process]:
