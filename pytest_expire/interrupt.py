@@ -11,6 +11,10 @@ replace the handlers of SIGINT, SIGALRM and SIGTERM, but not these.
 The handler acts only while a test phase runs and only if that test's own
 deadline has passed: an interrupt that arrives as a test finishes finds the
 next test armed with a later deadline, or nothing armed, and does nothing.
+Nor does it raise in the middle of pytest's own code (its setup stack, say,
+is not safe against an exception at any point): while the expired test is
+between phases or inside pytest, pluggy or this plugin, the interrupt is sent
+again a moment later, until it lands in the test's own code or the test ends.
 """
 
 from __future__ import annotations
@@ -18,21 +22,29 @@ from __future__ import annotations
 import asyncio
 import io
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from types import FrameType
+
+# Public as ``pytest.fail.Exception``, which a type checker cannot subclass.
+from _pytest.outcomes import Failed
 
 INTERRUPT_SIGNAL = signal.SIGRTMIN + 7
 
 # The watchdog and this process read the same clock; this covers rounding.
 _CLOCK_SLACK = 0.01
+# Code an exception must not cut in two: the interrupt waits until it is left.
+_INTERNAL_MODULES = ("_pytest.", "pluggy.", "pytest_expire.")
+_RETRY_DELAY = 0.01
 
 
-class Expired(BaseException):
+class Expired(Failed):
     """A test ran past its deadline.
 
-    A ``BaseException``, like pytest's own outcomes, so that a test's
-    ``except Exception`` does not swallow it.
+    One of pytest's outcome exceptions (a ``BaseException``), so that a
+    test's ``except Exception`` does not swallow it while pytest's teardown
+    treats it as any failure and still runs every other finalizer.
     """
 
 
@@ -53,6 +65,9 @@ class Deadline:
 
 
 current: Deadline | None = None
+# Held while an interrupt is sent again and while the handler is removed:
+# one sent after that would meet the signal's default action and end the process.
+_sending = threading.Lock()
 
 
 def install() -> None:
@@ -61,26 +76,47 @@ def install() -> None:
 
 
 def uninstall() -> None:
-    signal.signal(INTERRUPT_SIGNAL, signal.SIG_DFL)
+    global current
+    with _sending:
+        current = None
+        signal.signal(INTERRUPT_SIGNAL, signal.SIG_DFL)
 
 
 def _on_interrupt(signum: int, frame: FrameType | None) -> None:
     __tracebackhide__ = True
     deadline = current
-    if (
-        deadline is None
-        or deadline.phase is None
-        or deadline.paused
-        or deadline.expired_in is not None
-    ):
+    if deadline is None or deadline.paused or deadline.expired_in is not None:
         return
     if time.time() + _CLOCK_SLACK < deadline.expiration_time:
+        return
+    if deadline.phase is None or _is_internal(frame):
+        _send_again_later(deadline)
         return
     deadline.expired_in = deadline.phase
     tasks = _asyncio_task_stacks()
     if tasks:
         deadline.notes.append(tasks)
     raise Expired(deadline.message())
+
+
+def _is_internal(frame: FrameType | None) -> bool:
+    module = frame.f_globals.get("__name__", "") if frame is not None else ""
+    return isinstance(module, str) and module.startswith(_INTERNAL_MODULES)
+
+
+def _send_again_later(deadline: Deadline) -> None:
+    """Interrupt the main thread again shortly, if it still runs the test of ``deadline``."""
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def send() -> None:
+        with _sending:
+            if current is deadline:
+                signal.pthread_kill(main, INTERRUPT_SIGNAL)
+
+    timer = threading.Timer(_RETRY_DELAY, send)
+    timer.daemon = True
+    timer.start()
 
 
 def _asyncio_task_stacks() -> str:

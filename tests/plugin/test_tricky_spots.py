@@ -123,3 +123,69 @@ def test_the_watchdog_address_is_in_the_environment(pytester: pytest.Pytester) -
     )
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(passed=1)
+
+
+def test_a_hang_in_one_teardown_does_not_skip_the_others(pytester: pytest.Pytester) -> None:
+    # The interrupt ends the hung teardown; the teardown of the other fixture,
+    # and the setup of the next test, must still happen as if it had failed.
+    torn_down = pytester.path / "torn-down"
+    pytester.makepyfile(
+        f"""
+        import time
+        import pytest
+
+        @pytest.fixture
+        def tidy():
+            yield
+            open({str(torn_down)!r}, "w").close()
+
+        @pytest.fixture
+        def stuck(tidy):
+            yield
+            time.sleep(3600)
+
+        @pytest.mark.expires(0.5)
+        def test_hangs_in_teardown(stuck):
+            pass
+
+        def test_next():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-rA", timeout=60)
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*expired after 0.5 s (in teardown)*", "PASSED *::test_next"])
+    assert torn_down.exists()
+
+
+def test_an_interrupt_waits_until_it_lands_outside_pytest(pytester: pytest.Pytester) -> None:
+    # Raised in the middle of pytest's (or pluggy's) own code, the interrupt
+    # could leave the session's state half updated: it lands once the test's
+    # own code runs again.
+    pytester.makepyfile(
+        """
+        import time
+        import pytest
+
+        INTERNAL = {"__name__": "_pytest.pretend_internal", "time": time}
+        exec(
+            "def spin_inside_pytest(seconds):\\n"
+            "    end = time.monotonic() + seconds\\n"
+            "    while time.monotonic() < end:\\n"
+            "        pass\\n",
+            INTERNAL,
+        )
+
+        @pytest.mark.expires(0.2)
+        def test_spins_inside_then_outside():
+            INTERNAL["spin_inside_pytest"](1.0)
+            end = time.monotonic() + 30
+            while time.monotonic() < end:  # the interrupt lands here
+                pass
+        """
+    )
+    result = pytester.runpytest_subprocess(timeout=60)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [">*while time.monotonic() < end:  # the interrupt lands here", "*(in call)*"]
+    )
