@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
 
 from pytest_expire import interrupt, stacks
 from pytest_expire.settings import (
+    DEADLINE,
     ENV_DEFAULT,
     MARKER,
     Settings,
@@ -26,7 +27,7 @@ from pytest_expire.settings import (
     format_seconds,
     from_config,
 )
-from pytest_expire.supervisor import Supervisor
+from pytest_expire.supervisor import Supervisor, may_supervise
 from pytest_expire.timer.unix_socket_timer import ADDRESS_ENV
 from pytest_expire.watchdog import (
     DIRECTORY_ENV,
@@ -35,12 +36,9 @@ from pytest_expire.watchdog import (
     WatchdogClient,
     read_diagnosis,
 )
-from pytest_expire.worker import WorkerPlugin, is_worker
 from pytest_expire.xdist_support import CrashReporter, is_controller
 
 PLUGIN_NAME = "expire-session"
-# A test's deadline in seconds (None: no deadline), found at collection.
-_DEADLINE = pytest.StashKey[float | None]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -80,38 +78,15 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = from_config(config)
     plugin = ExpirePlugin(config, settings)
     config.pluginmanager.register(plugin, PLUGIN_NAME)
-    if is_worker():
-        worker = WorkerPlugin(config)
-        plugin.on_armed = worker.armed
-        config.pluginmanager.register(worker, "expire-worker")
-    elif is_controller(config) and settings.default is not None:
+    if is_controller(config) and settings.default is not None:
         # Started here, so that every worker inherits its address.
-        plugin.watchdog = SessionWatchdog(supervised=True)
-        config.pluginmanager.register(CrashReporter(plugin.watchdog.directory), "expire-xdist")
-    elif _should_supervise(config, settings):
-        plugin.watchdog = SessionWatchdog(supervised=True)
-        config.pluginmanager.register(
-            Supervisor(config, plugin.watchdog, settings.grace), "expire-supervisor"
-        )
-
-
-def _should_supervise(config: pytest.Config, settings: Settings) -> bool:
-    """Whether tests run in a worker process that the watchdog may kill, this one surviving.
-
-    Only with a default deadline: a session with none runs as plain pytest
-    does. Not under xdist (which replaces its own killed workers), not when
-    only collecting or debugging, and not when pytest was given plugin
-    objects in-process (``pytest.main(plugins=...)``), which a worker process
-    could not have.
-    """
-    return (
-        settings.default is not None
-        and not hasattr(config, "workerinput")
-        and not config.getoption("collectonly")
-        and not config.getoption("usepdb")
-        and not config.getoption("trace")
-        and not config.invocation_params.plugins
-    )
+        plugin.watchdog = SessionWatchdog()
+        config.pluginmanager.register(CrashReporter(plugin.watchdog), "expire-xdist")
+    elif may_supervise(config):
+        if settings.default is not None:
+            # Every test has a deadline: the watchdog starts while pytest collects.
+            plugin.watchdog = SessionWatchdog()
+        config.pluginmanager.register(Supervisor(plugin, settings.grace), "expire-supervisor")
 
 
 class ExpirePlugin:
@@ -122,8 +97,6 @@ class ExpirePlugin:
         self.settings = settings
         # Owned by this process: its watchdog, when this process started one.
         self.watchdog: SessionWatchdog | None = None
-        # Told of each test's deadline (a worker tells its supervisor).
-        self.on_armed: Callable[[str, float], None] | None = None
         self._client: WatchdogClient | None = None
         self._directory: Path | None = None
 
@@ -134,7 +107,7 @@ class ExpirePlugin:
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         # Once per test, here: a bad marker is a usage error before any test runs.
         for item in items:
-            item.stash[_DEADLINE] = deadline_for(item, self.settings)
+            item.stash[DEADLINE] = deadline_for(item, self.settings)
 
     def pytest_unconfigure(self) -> None:
         if self._client is not None:
@@ -144,16 +117,21 @@ class ExpirePlugin:
             self.watchdog.stop()
 
     def _connect(self) -> WatchdogClient:
-        """The session's watchdog: its process's, or one started at the first test needing it."""
+        """The watchdog: this process's (or its supervisor's), a parent's, or a new one."""
         if self._client is None:
             address = os.environ.get(ADDRESS_ENV)
             directory = os.environ.get(DIRECTORY_ENV)
             # Only a worker uses its parent's watchdog: a pytest run inside a
             # test (pytester, say) inherits the environment but is a session
             # of its own.
-            if not (address and directory and str(os.getppid()) == os.environ.get(OWNER_ENV)):
-                self.watchdog = SessionWatchdog(supervised=False)
+            if self.watchdog is None and not (
+                address and directory and str(os.getppid()) == os.environ.get(OWNER_ENV)
+            ):
+                self.watchdog = SessionWatchdog()
+            if self.watchdog is not None:
+                self.watchdog.wait_ready()
                 address, directory = self.watchdog.address, str(self.watchdog.directory)
+            assert address is not None and directory is not None
             self._client = WatchdogClient(address)
             self._directory = Path(directory)
             stacks.register(self._directory)
@@ -163,14 +141,12 @@ class ExpirePlugin:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
         try:
-            seconds = item.stash[_DEADLINE]
+            seconds = item.stash[DEADLINE]
         except KeyError:  # an item that no collection hook saw
             seconds = deadline_for(item, self.settings)
         if seconds is None:
             return (yield)
         client = self._connect()
-        if self.on_armed is not None:
-            self.on_armed(item.nodeid, seconds)
         expiration = time.time() + seconds
         interrupt.current = interrupt.Deadline(item.nodeid, seconds, expiration)
         client.arm(item.nodeid, expiration, self.settings.grace)

@@ -99,6 +99,10 @@ def _checked(value: str, where: str) -> float | None:
         raise pytest.UsageError(f"{where}: {exc}") from None
 
 
+#: A test's deadline in seconds (None: none), stored on it once, at collection.
+DEADLINE = pytest.StashKey[float | None]()
+
+
 def deadline_for(item: pytest.Item, settings: Settings) -> float | None:
     """The deadline of a test: its closest ``expires`` marker, else the default."""
     marker = item.get_closest_marker(MARKER)

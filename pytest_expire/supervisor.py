@@ -2,205 +2,170 @@
 
 When a test does not stop after its interrupt, the watchdog kills the
 process that runs it. So that this never ends the user's session, the
-process the user started runs no test itself: it starts a worker
-(``worker.py``), a pytest session with the same arguments, and replays the
-worker's events into its own hooks, so the terminal, JUnit XML and every
-other reporter here see the run as if it happened here. If the worker is
-killed in the middle of a test, the supervisor reports that test as expired,
-with the stacks the watchdog took, and starts a new worker that skips the
-tests that already ran. The run ends with one summary, one JUnit XML and
-one exit code. (pytest-xdist replaces crashed workers the same way.)
+process the user started runs no test itself: once it has collected, it
+forks a worker (``worker.py``) that runs the tests and reports them as this
+process would have, and waits. If the worker is killed in the middle of a
+test (or dies of a crash), the supervisor forks a new worker from where it
+stands, before the first test: that one replays the reports of the tests
+that already ran, reports the killed one as expired with the stacks the
+watchdog took, and runs the rest. The run ends with one summary, one JUnit
+XML and one exit code, the last worker's. (pytest-xdist replaces crashed
+workers the same way.)
+
+A fork costs a few milliseconds and starts nothing anew: the workers need
+neither a second start of pytest nor a second collection, and reporting
+happens once, in the worker. Forking is only safe with one thread, and
+only where this process may end with its worker's exit code, so a session
+is supervised only when pytest runs as a program of its own
+(``python -m pytest``, the ``pytest`` command), with a single thread, and
+some test has a deadline.
 """
 
 from __future__ import annotations
 
-import builtins
-import json
 import os
-import subprocess
+import signal
 import sys
-import tempfile
-import warnings
-from dataclasses import dataclass, field
-from typing import Any
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
-from pytest_expire.settings import format_seconds
-from pytest_expire.watchdog import SessionWatchdog, read_diagnosis
-from pytest_expire.worker import DONE_FILE_ENV, EVENTS_FD_ENV, SUPERVISOR_PID_ENV
+from pytest_expire.records import TestRecord, read_records
+from pytest_expire.settings import DEADLINE
+from pytest_expire.watchdog import SessionWatchdog, mark_supervised
+from pytest_expire.worker import become_worker
 
-# Exit codes that mean the tests ran (or there were none): this process
-# derives its own from the reports it replayed.
-_TEST_OUTCOMES = (
-    pytest.ExitCode.OK,
-    pytest.ExitCode.TESTS_FAILED,
-    pytest.ExitCode.NO_TESTS_COLLECTED,
-)
+if TYPE_CHECKING:
+    from pytest_expire.plugin import ExpirePlugin
 
 
-@dataclass
-class _WorkerRun:
-    """What one worker did: the tests it finished, the one it was in, how it ended."""
+def may_supervise(config: pytest.Config) -> bool:
+    """Whether this session can run its tests in forked workers (decided before collection).
 
-    finished: list[str] = field(default_factory=list)
-    running: tuple[str, tuple[str, int | None, str]] | None = None
-    phases_reported: list[str] = field(default_factory=list)
-    deadline: float | None = None
-    exitstatus: int | None = None
+    Not in an xdist worker or controller (xdist replaces its own killed
+    workers), not when only collecting, and only when pytest is the program
+    (``pytest.main()`` called by a program, pytester's in-process runs
+    included, must return to it).
+    """
+    return (
+        hasattr(os, "fork")
+        and not hasattr(config, "workerinput")
+        and config.getoption("dist", "no") == "no"
+        and not config.getoption("collectonly")
+        and not config.invocation_params.plugins
+        and _pytest_is_the_program()
+    )
+
+
+def _pytest_is_the_program() -> bool:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name in ("pytest", "pytest.__main__"):
+        return True  # python -m pytest
+    return Path(sys.argv[0]).name in ("pytest", "py.test")
 
 
 class Supervisor:
-    """Runs the session's tests in worker processes and reports them here."""
+    """Runs the session's tests in forked workers; survives their kills."""
 
-    def __init__(self, config: pytest.Config, watchdog: SessionWatchdog, grace: float) -> None:
-        self.config = config
-        self.watchdog = watchdog
+    def __init__(self, plugin: ExpirePlugin, grace: float) -> None:
+        # The session's plugin, which owns the watchdog (started already when
+        # every test has a deadline).
+        self.plugin = plugin
+        self.config = plugin.config
         self.grace = grace
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_collection(self, session: pytest.Session) -> bool:
-        return True  # the workers collect
+    def pytest_runtestloop(self, session: pytest.Session) -> bool | None:
+        if session.testsfailed and not self.config.option.continue_on_collection_errors:
+            return None  # pytest's own loop stops the session
+        if not any(item.stash.get(DEADLINE, None) is not None for item in session.items):
+            return None
+        threads = _thread_count()
+        if threads > 1:
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line(
+                    f"pytest-expire: {threads} threads run in this process, which cannot be "
+                    "forked safely: the tests run here, and a test that must be killed "
+                    "ends the session",
+                    yellow=True,
+                )
+            return None
+        if self.plugin.watchdog is None:
+            self.plugin.watchdog = SessionWatchdog()
+        watchdog = self.plugin.watchdog
+        watchdog.wait_ready()
+        mark_supervised(watchdog.directory)
+        return self._supervise(session, watchdog)
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtestloop(self, session: pytest.Session) -> bool:
-        done: list[str] = []
-        first = True
-        while True:
-            run = self._run_worker(session, done, replay_collection=first)
-            first = False
-            done.extend(run.finished)
-            if run.exitstatus is not None:
-                if run.exitstatus == pytest.ExitCode.INTERRUPTED:
-                    raise session.Interrupted("the worker session was interrupted")
-                if run.exitstatus not in _TEST_OUTCOMES:
-                    # A usage or internal error: the worker said why on stderr.
-                    pytest.exit(
-                        f"the worker session ended with exit code {run.exitstatus}", run.exitstatus
-                    )
-                return True
-            if run.running is None:
-                pytest.exit("the test session's worker process ended before it finished", 3)
-            self._report_killed(run)
-            done.append(run.running[0])
+    def _supervise(self, session: pytest.Session, watchdog: SessionWatchdog) -> bool | None:
+        """Fork workers until one ends by itself; then end with its exit code.
 
-    def _run_worker(
-        self, session: pytest.Session, done: list[str], replay_collection: bool
-    ) -> _WorkerRun:
-        read_end, write_end = os.pipe()
-        with tempfile.NamedTemporaryFile(
-            "w", prefix="done-", dir=self.watchdog.directory, delete=False
-        ) as done_file:
-            done_file.write("\n".join(done))
-        env = {
-            **os.environ,
-            EVENTS_FD_ENV: str(write_end),
-            DONE_FILE_ENV: done_file.name,
-            SUPERVISOR_PID_ENV: str(os.getpid()),
-        }
-        args = [sys.executable, "-m", "pytest", *self.config.invocation_params.args]
-        # The worker gets this process's real standard streams: what its
-        # tests print uncaptured, and a debugger's prompt, reach the user.
-        capture = self.config.pluginmanager.getplugin("capturemanager")
-        capture.suspend_global_capture(in_=True)
+        Returns only in a worker, as ``pytest_runtestloop`` does.
+        """
+        history: list[TestRecord] = []
+        supervisor_pid = os.getpid()
+        # The terminal's Ctrl-C reaches the worker too: it reports the
+        # interruption, and this process ends with it.
+        interrupt_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for attempt in range(len(session.items) + 1):
+            records = watchdog.directory / f"records-{attempt}.txt"
+            _flush_standard_streams()
+            pid = os.fork()
+            if pid == 0:
+                signal.signal(signal.SIGINT, interrupt_handler)
+                return become_worker(
+                    session, records, history, watchdog.directory, self.grace, supervisor_pid
+                )
+            status = _wait(pid)
+            if os.WIFEXITED(status):
+                self._end(watchdog, os.WEXITSTATUS(status))
+            tests = read_records(records)
+            if not tests or tests[-1].finished:
+                sys.stderr.write(
+                    f"pytest-expire: the worker running the tests died outside of any test "
+                    f"({_describe(status)})\n"
+                )
+                self._end(watchdog, pytest.ExitCode.INTERNAL_ERROR)
+            tests[-1].killed_by = os.WTERMSIG(status)
+            history.extend(tests)
+        raise AssertionError("every test was killed, and the session still did not end")
+
+    def _end(self, watchdog: SessionWatchdog, exitstatus: int) -> NoReturn:
+        """End this process as its last worker ended, without reporting anything itself."""
+        watchdog.stop()
+        _flush_standard_streams()
+        os._exit(exitstatus)
+
+
+def _thread_count() -> int:
+    """The threads of this process, native ones included."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+def _flush_standard_streams() -> None:
+    # A fork copies what is still buffered: it would be written twice.
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        if stream is not None:
+            stream.flush()
+
+
+def _wait(pid: int) -> int:
+    while True:
         try:
-            try:
-                process = subprocess.Popen(
-                    args, cwd=self.config.invocation_params.dir, env=env, pass_fds=[write_end]
-                )
-            finally:
-                os.close(write_end)
-            run = _WorkerRun()
-            with os.fdopen(read_end, encoding="utf-8") as events:
-                for line in events:
-                    self._dispatch(session, json.loads(line), run, replay_collection)
-            process.wait()
-        finally:
-            capture.resume_global_capture()
-        os.unlink(done_file.name)
-        return run
-
-    def _dispatch(
-        self,
-        session: pytest.Session,
-        event: dict[str, Any],
-        run: _WorkerRun,
-        replay_collection: bool,
-    ) -> None:
-        hook = self.config.hook
-        kind = event["event"]
-        if kind == "collectreport":
-            if replay_collection:
-                hook.pytest_collectreport(report=self._report(event["report"]))
-        elif kind == "collected":
-            if replay_collection:
-                session.testscollected = event["count"]
-                hook.pytest_collection_finish(session=session)
-        elif kind == "armed":
-            run.deadline = event["seconds"]
-        elif kind == "logstart":
-            run.running = (event["nodeid"], tuple(event["location"]))
-            run.phases_reported = []
-            hook.pytest_runtest_logstart(nodeid=event["nodeid"], location=tuple(event["location"]))
-        elif kind == "logreport":
-            report = self._report(event["report"])
-            run.phases_reported.append(report.when)
-            hook.pytest_runtest_logreport(report=report)
-        elif kind == "logfinish":
-            hook.pytest_runtest_logfinish(nodeid=event["nodeid"], location=tuple(event["location"]))
-            run.finished.append(event["nodeid"])
-            run.running = None
-            run.deadline = None
-        elif kind == "warning":
-            hook.pytest_warning_recorded.call_historic(
-                kwargs={
-                    "warning_message": _warning_message(event),
-                    "when": event["when"],
-                    "nodeid": event["nodeid"],
-                    "location": tuple(event["location"]) if event["location"] else None,
-                }
-            )
-        elif kind == "sessionfinish":
-            run.exitstatus = event["exitstatus"]
-
-    def _report(self, data: dict[str, Any]) -> Any:
-        return self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
-
-    def _report_killed(self, run: _WorkerRun) -> None:
-        assert run.running is not None
-        nodeid, location = run.running
-        phase = next(
-            (p for p in ("setup", "call", "teardown") if p not in run.phases_reported), "teardown"
-        )
-        seconds = format_seconds(run.deadline) if run.deadline is not None else "its deadline"
-        message = (
-            f"{nodeid} expired after {seconds} (in {phase}); it did not stop when interrupted "
-            f"and its process was killed {format_seconds(self.grace)} later"
-        )
-        report = pytest.TestReport(
-            nodeid,
-            location,
-            keywords={},
-            outcome="failed",
-            longrepr=message,
-            when=phase,  # type: ignore[arg-type]
-            sections=[
-                (
-                    f"expired: {nodeid} after {seconds}",
-                    read_diagnosis(self.watchdog.directory, nodeid, killed=True),
-                )
-            ],
-        )
-        hook = self.config.hook
-        hook.pytest_runtest_logreport(report=report)
-        hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
+            _, status = os.waitpid(pid, 0)
+            return status
+        except InterruptedError:
+            continue
 
 
-def _warning_message(event: dict[str, Any]) -> warnings.WarningMessage:
-    """The worker's warning, rebuilt: a built-in category by name, else UserWarning."""
-    category = getattr(builtins, event["category"], None)
-    if not (isinstance(category, type) and issubclass(category, Warning)):
-        category = UserWarning
-    return warnings.WarningMessage(
-        category(event["message"]), category, event["filename"], event["lineno"]
-    )
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"

@@ -3,8 +3,8 @@
 One watchdog per session, started by the process the user started. It must
 act while the test's process is wedged (in C code that holds the GIL, say),
 so it is a :class:`~pytest_expire.timer.unix_socket_timer.UnixSocketTimerServer`
-run with ``start(process=True)``. Its address goes into the environment, so
-every process of the session can reach it.
+in a process of its own (``watchdog_process``). Its address goes into the
+environment, so every process of the session can reach it.
 
 A test arms two timers (:class:`WatchdogClient`): at its deadline the
 *interrupt* timer, whose expiry first collects the stacks of the test's
@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import multiprocessing.resource_tracker
 import os
+import select
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -34,7 +35,6 @@ from pytest_expire.timer.file_based_local_timer import FileTimerRequest
 from pytest_expire.timer.unix_socket_timer import (
     ADDRESS_ENV,
     UnixSocketTimerClient,
-    UnixSocketTimerServer,
     format_address,
 )
 
@@ -47,20 +47,26 @@ DIRECTORY_ENV = "PYTEST_EXPIRE_DIRECTORY"
 #: The PID of the process that started the watchdog: its workers are its children.
 OWNER_ENV = "PYTEST_EXPIRE_OWNER"
 
+# What the watchdog process writes once clients can connect.
+READY = b"ready\n"
+# How long its start may take: an interpreter and the timer server's imports,
+# well under a second on an idle machine, but CI machines are not idle.
+_READY_TIMEOUT = 30.0
+# How long stop() waits for it before killing it.
+_STOP_TIMEOUT = 2.0
+
 
 class Diagnose:
     """What the watchdog does when a test's timer expires, before the signal is sent.
 
-    Runs in the watchdog process (so it pickles: it holds only the session's
-    directory). At the interrupt, the stacks of the test's process and of its
+    Runs in the watchdog process. At the interrupt, the stacks of the test's process and of its
     descendants are collected and written where the test's process will read
     them into its report; at the kill, the descendants are killed first, so
     none is orphaned when the test's process dies.
     """
 
-    def __init__(self, directory: Path, supervised: bool) -> None:
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.supervised = supervised
 
     def __call__(self, pid: int, timers: list[FileTimerRequest]) -> str | None:
         interrupts = [timer.scope_id for timer in timers if timer.signal == INTERRUPT_SIGNAL]
@@ -83,7 +89,7 @@ class Diagnose:
             # Supervised, the stacks go into the test's report; otherwise this
             # is the last the user hears of the session.
             print(
-                notice if self.supervised else f"{notice}. Its stacks:\n{text}",
+                notice if is_supervised(self.directory) else f"{notice}. Its stacks:\n{text}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -142,6 +148,15 @@ def _command_line(process: psutil.Process) -> str:
         return "?"
 
 
+def mark_supervised(directory: Path) -> None:
+    """Say that a killed test is reported by a process that survives it (with its stacks)."""
+    (directory / "supervised").touch()
+
+
+def is_supervised(directory: Path) -> bool:
+    return (directory / "supervised").exists()
+
+
 def helpers_path(directory: Path) -> Path:
     """Where the session lists its own processes (the watchdog's), never diagnosed or killed."""
     return directory / "helpers.pids"
@@ -175,44 +190,76 @@ class SessionWatchdog:
     """The watchdog process of a session and the directory it shares with the tests.
 
     Both are announced in the environment (:data:`ADDRESS_ENV`,
-    :data:`DIRECTORY_ENV`), for the processes the session starts.
+    :data:`DIRECTORY_ENV`, and :data:`OWNER_ENV`: this process), for the
+    processes the session starts. The process is started at once and
+    awaited only by :meth:`wait_ready`, so that it starts while pytest
+    collects.
     """
 
-    def __init__(self, supervised: bool) -> None:
+    def __init__(self) -> None:
         # A short path: a Unix socket's path is limited to 107 bytes.
         self.directory = Path(tempfile.mkdtemp(prefix="pytest-expire-"))
-        self._server = UnixSocketTimerServer(
-            address=format_address(str(self.directory / "watchdog.sock")),
-            run_id="pytest-expire",
-            on_expired=Diagnose(self.directory, supervised),
-        )
+        self.address = format_address(str(socket_path(self.directory)))
+        self._ready = False
+        self._owner = os.getpid()
         try:
-            self._server.start(process=True)
+            self._process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest_expire.watchdog_process",
+                    str(self.directory),
+                    str(os.getpid()),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+            )
         except BaseException:
             shutil.rmtree(self.directory, ignore_errors=True)
             raise
-        helpers = [self._server.watchdog_pid, _resource_tracker_pid()]
-        helpers_path(self.directory).write_text(" ".join(str(pid) for pid in helpers if pid))
+        helpers_path(self.directory).write_text(str(self._process.pid))
         os.environ[ADDRESS_ENV] = self.address
         os.environ[DIRECTORY_ENV] = str(self.directory)
         os.environ[OWNER_ENV] = str(os.getpid())
 
-    @property
-    def address(self) -> str:
-        return self._server.address
+    def wait_ready(self) -> None:
+        """Return once the watchdog accepts clients; raise if it failed to start."""
+        if self._ready:
+            return
+        assert self._process.stdout is not None
+        readable, _, _ = select.select([self._process.stdout], [], [], _READY_TIMEOUT)
+        answer = self._process.stdout.readline() if readable else b""
+        self._process.stdout.close()
+        if answer != READY:
+            self.stop()
+            raise RuntimeError(
+                "pytest-expire: the watchdog process did not start "
+                f"(it said {answer!r}; its errors, if any, are above)"
+            )
+        self._ready = True
 
     def stop(self) -> None:
+        """Stop the watchdog; in a forked copy of the process that started it, do nothing."""
+        if os.getpid() != self._owner:
+            return
         if os.environ.get(ADDRESS_ENV) == self.address:
             for name in (ADDRESS_ENV, DIRECTORY_ENV, OWNER_ENV):
                 os.environ.pop(name, None)
-        self._server.stop()
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        if self._process.stdout is not None:
+            self._process.stdout.close()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _resource_tracker_pid() -> int | None:
-    """multiprocessing's resource tracker, which starting the watchdog process started."""
-    tracker = multiprocessing.resource_tracker._resource_tracker
-    return getattr(tracker, "_pid", None)
+def socket_path(directory: Path) -> Path:
+    """Where the watchdog of the session with ``directory`` listens."""
+    return directory / "watchdog.sock"
 
 
 class WatchdogClient:

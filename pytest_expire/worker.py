@@ -1,118 +1,209 @@
-"""The supervised side: a pytest session that runs tests and sends what happens to its supervisor.
+"""The supervised side: a fork of the user's pytest process that runs the tests.
 
-A worker is an ordinary pytest session started by the supervisor with the
-user's arguments. It collects and runs the tests itself, keeps its terminal
-quiet (the supervisor reports), and writes each event its supervisor's
-reporters need as one JSON line on a pipe: collection and test reports,
-test starts and ends, warnings, and its exit status. A worker started after
-another one was killed skips the tests that already ran.
+A worker starts where its supervisor stood when it forked: configured,
+collected, its terminal showing the header. It runs the session from there
+as the user's process would have (its reporters write the terminal, the JUnit
+XML, the cache) and records what happens (``records.py``), which costs each
+test a few short writes. A worker started after another one was killed first
+replays the tests that already ran, the killed one included, into its own
+hooks, with the terminal quiet for what is already on the screen, and then
+runs the rest.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import io
 import signal
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
 
 import pytest
 from _pytest._io import TerminalWriter
 from _pytest.terminal import TerminalReporter
 
+from pytest_expire.records import (
+    RecordWriter,
+    TestRecord,
+    report_from_record,
+    warning_from_record,
+)
+from pytest_expire.settings import DEADLINE, format_seconds
 from pytest_expire.timer._watchdog import die_with_parent
-
-# Set by the supervisor in a worker's environment.
-EVENTS_FD_ENV = "PYTEST_EXPIRE_EVENTS_FD"
-DONE_FILE_ENV = "PYTEST_EXPIRE_DONE_FILE"
-SUPERVISOR_PID_ENV = "PYTEST_EXPIRE_SUPERVISOR_PID"
-
-
-def is_worker() -> bool:
-    return EVENTS_FD_ENV in os.environ
+from pytest_expire.watchdog import read_diagnosis
 
 
 class WorkerPlugin:
-    """Sends a worker's events to its supervisor; skips the tests that already ran."""
+    """Records a worker's tests for its supervisor."""
 
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-        self._events: IO[str] = os.fdopen(int(os.environ[EVENTS_FD_ENV]), "w", encoding="utf-8")
-        done_file = os.environ.get(DONE_FILE_ENV)
-        self._done = set(Path(done_file).read_text().splitlines()) if done_file else set()
-        # The supervisor writes the one JUnit XML of the run.
-        config.option.xmlpath = None
-        # Killed with its supervisor, even by SIGKILL: a worker left running
-        # a hung test would have no watchdog.
-        die_with_parent(int(os.environ[SUPERVISOR_PID_ENV]), signal.SIGKILL)
-
-    def _send(self, event: str, flush: bool = True, **data: Any) -> None:
-        self._events.write(json.dumps({"event": event, **data}) + "\n")
-        if flush:
-            self._events.flush()
+    def __init__(self, config: pytest.Config, records: Path, index: dict[int, int]) -> None:
+        self._writer = RecordWriter(records, config)
+        # Positions in the session's whole list of tests, by id(item).
+        self._index = index
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        self._reporter = reporter if isinstance(reporter, TerminalReporter) else None
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionstart(self) -> None:
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if isinstance(reporter, TerminalReporter):
-            # Quiet, but still there for the plugins that write to it; what a
-            # test prints without capture still reaches the terminal.
-            reporter._tw = TerminalWriter(open(os.devnull, "w"))  # noqa: SIM115
-
-    def armed(self, nodeid: str, seconds: float) -> None:
-        """Tell the supervisor the deadline of the test about to run."""
-        # Flushed with the test's logstart, which comes before the test can hang.
-        self._send("armed", flush=False, nodeid=nodeid, seconds=seconds)
-
-    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
-        self._send("collectreport", report=self._serialize(report))
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(
-        self, config: pytest.Config, items: list[pytest.Item]
-    ) -> None:
-        if self._done:
-            skipped = [item for item in items if item.nodeid in self._done]
-            items[:] = [item for item in items if item.nodeid not in self._done]
-            config.hook.pytest_deselected(items=skipped)
-
-    def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self._send("collected", count=len(session.items))
-
-    def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
-        self._send("logstart", nodeid=nodeid, location=location)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> None:
+        self._writer.started(self._index[id(item)], item.stash.get(DEADLINE, None))
+        # Before the test can hang: the supervisor must know it started, and
+        # what the terminal was shown must not die in a buffer with the worker.
+        self._writer.flush()
+        if self._reporter is not None:
+            self._reporter.flush()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self._send("logreport", report=self._serialize(report))
+        self._writer.report(report)
+        if report.when != "teardown":
+            self._writer.flush()
 
-    def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
-        self._send("logfinish", nodeid=nodeid, location=location)
+    def pytest_runtest_logfinish(self) -> None:
+        self._writer.finished()
 
     def pytest_warning_recorded(
-        self,
-        warning_message: warnings.WarningMessage,
-        when: str,
-        nodeid: str,
-        location: tuple[str, int, str] | None,
+        self, warning_message: warnings.WarningMessage, when: str, nodeid: str
     ) -> None:
-        self._send(
-            "warning",
-            message=str(warning_message.message),
-            category=warning_message.category.__name__,
-            filename=warning_message.filename,
-            lineno=warning_message.lineno,
-            when=when,
-            nodeid=nodeid,
-            location=location,
+        if when == "runtest":
+            self._writer.warning(warning_message, nodeid)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self) -> None:
+        self._writer.close()
+
+
+def replay(
+    session: pytest.Session, history: list[TestRecord], directory: Path, grace: float
+) -> None:
+    """Report the tests earlier workers ran, as they reported them; drop them from the run.
+
+    A test whose worker was killed (``killed_by`` set) is reported as the
+    supervisor saw it end. The last one was killed just now: what its
+    worker reported was shown already, its failure was not.
+    """
+    config = session.config
+    last = history[-1]
+    with _quiet_terminal(config):
+        for test in history:
+            item = session.items[test.index]
+            hook = item.ihook
+            hook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+            for line in test.warnings:
+                message, nodeid = warning_from_record(line)
+                hook.pytest_warning_recorded.call_historic(
+                    kwargs={
+                        "warning_message": message,
+                        "when": "runtest",
+                        "nodeid": nodeid,
+                        "location": None,
+                    }
+                )
+            for line in test.reports:
+                hook.pytest_runtest_logreport(report=report_from_record(line, item, config))
+            if test is not last:
+                _report_end(item, test, directory, grace)
+    _report_end(session.items[last.index], last, directory, grace)
+    del session.items[: len(history)]
+    _stop_if_asked(session)
+
+
+def _report_end(item: pytest.Item, test: TestRecord, directory: Path, grace: float) -> None:
+    if test.killed_by is not None:
+        item.ihook.pytest_runtest_logreport(report=_killed_report(item, test, directory, grace))
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+
+
+def _killed_report(
+    item: pytest.Item, test: TestRecord, directory: Path, grace: float
+) -> pytest.TestReport:
+    assert test.killed_by is not None
+    phase = test.phase_reached()
+    stacks = read_diagnosis(directory, item.nodeid, killed=True)
+    if stacks:
+        seconds = format_seconds(test.seconds) if test.seconds is not None else "its deadline"
+        message = (
+            f"{item.nodeid} expired after {seconds} (in {phase}); it did not stop when "
+            f"interrupted and its process was killed {format_seconds(grace)} later"
         )
+        sections = [(f"expired: {item.nodeid} after {seconds}", stacks)]
+    else:
+        message = (
+            f"{item.nodeid}: its process died in {phase} "
+            f"({signal.Signals(test.killed_by).name}); the session went on in a new one"
+        )
+        sections = []
+    return pytest.TestReport(
+        item.nodeid,
+        item.location,
+        keywords=dict.fromkeys(item.keywords, 1),
+        outcome="failed",
+        longrepr=message,
+        when=phase,  # type: ignore[arg-type]
+        sections=sections,
+    )
 
-    @pytest.hookimpl(trylast=True)
-    def pytest_sessionfinish(self, exitstatus: int) -> None:
-        self._send("sessionfinish", exitstatus=int(exitstatus))
-        self._events.close()
 
-    def _serialize(self, report: pytest.CollectReport | pytest.TestReport) -> dict[str, Any]:
-        data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
-        assert isinstance(data, dict)
-        return data
+@contextmanager
+def _quiet_terminal(config: pytest.Config) -> Iterator[None]:
+    """Report to a terminal writer of our own, leaving the real one where the screen is.
+
+    The quiet writer is the real one's twin (width, markup), so after the
+    replay the real one is told the line the screen shows now: the earlier
+    worker's output, which this writer would have written the same way.
+    """
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if not isinstance(reporter, TerminalReporter):
+        yield
+        return
+    real = reporter._tw
+    quiet = TerminalWriter(io.StringIO())
+    quiet.hasmarkup = real.hasmarkup
+    quiet.fullwidth = real.fullwidth
+    quiet._current_line = real._current_line
+    reporter._tw = quiet
+    try:
+        yield
+    finally:
+        reporter._tw = real
+        real._current_line = quiet._current_line
+
+
+def become_worker(
+    session: pytest.Session,
+    records: Path,
+    history: list[TestRecord],
+    directory: Path,
+    grace: float,
+    supervisor_pid: int,
+) -> bool | None:
+    """In a just-forked worker: die with the supervisor, record what happens, run the tests.
+
+    The first worker lets pytest run its loop (returns None). A later one
+    replays the tests that ran before it and then runs the rest itself
+    (returns True), as pytest's loop does: pytest's would take the failures
+    just replayed for collection errors.
+    """
+    # Killed with its supervisor, even by SIGKILL: a worker left running a
+    # hung test would have no watchdog.
+    die_with_parent(supervisor_pid, signal.SIGKILL)
+    index = {id(item): position for position, item in enumerate(session.items)}
+    if history:
+        replay(session, history, directory, grace)
+    session.config.pluginmanager.register(
+        WorkerPlugin(session.config, records, index), "expire-worker"
+    )
+    if not history:
+        return None
+    items = session.items
+    for position, item in enumerate(items):
+        nextitem = items[position + 1] if position + 1 < len(items) else None
+        item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+        _stop_if_asked(session)
+    return True
+
+
+def _stop_if_asked(session: pytest.Session) -> None:
+    if session.shouldfail:
+        raise session.Failed(session.shouldfail)
+    if session.shouldstop:
+        raise session.Interrupted(session.shouldstop)

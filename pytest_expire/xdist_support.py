@@ -9,11 +9,9 @@ makes is turned into an expired report with the stacks taken at the kill.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from pytest_expire.watchdog import read_diagnosis
+from pytest_expire.watchdog import SessionWatchdog, mark_supervised, read_diagnosis
 
 
 def is_controller(config: pytest.Config) -> bool:
@@ -24,8 +22,15 @@ def is_controller(config: pytest.Config) -> bool:
 class CrashReporter:
     """Turns xdist's report of a worker killed by the watchdog into an expired report."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    def __init__(self, watchdog: SessionWatchdog) -> None:
+        self.directory = watchdog.directory
+        self.watchdog = watchdog
+        mark_supervised(watchdog.directory)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self) -> None:
+        # Before xdist starts the workers that will connect to it.
+        self.watchdog.wait_ready()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport) -> None:

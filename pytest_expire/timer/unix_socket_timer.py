@@ -602,7 +602,10 @@ class UnixSocketTimerServer(Watchdog):
     returned as the stacks), and sends the worker the signal of its earliest
     expired timer whose signal is > 0, if the worker may be signalled (see
     ``ReapGuard``). An expired timer is removed; the worker's other timers
-    stay armed, so a later timer can escalate with another signal.
+    stay armed, so a later timer can escalate with another signal. Workers
+    are signalled only if they descend from ``host_pid`` (by default the
+    process that creates the server; a server created inside a watchdog
+    process of its own names the process it watches).
     """
 
     def __init__(
@@ -612,6 +615,7 @@ class UnixSocketTimerServer(Watchdog):
         max_interval: float = 1.0,
         daemon: bool = True,
         on_expired: OnExpired | None = None,
+        host_pid: int | None = None,
     ) -> None:
         if not max_interval > 0:
             raise ValueError(f"max_interval must be > 0, got {max_interval!r}")
@@ -625,7 +629,7 @@ class UnixSocketTimerServer(Watchdog):
         self._run_id = self._address if run_id is None else run_id
         self._max_interval = float(max_interval)
         self._on_expired = on_expired
-        self._guard = ReapGuard()
+        self._guard = ReapGuard(host_pid)
         self._uid = os.geteuid()
         self._made_dir = False
         self._wake_lock = threading.Lock()

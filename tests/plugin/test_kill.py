@@ -18,26 +18,7 @@ import xml.etree.ElementTree as ET
 
 import psutil
 import pytest
-
-HOLD_THE_GIL_FOREVER = """
-import ctypes
-
-def hold_the_gil_forever():
-    # A second lock of a non-recursive mutex through PyDLL, which keeps the
-    # GIL: no Python runs again in this process and no handler ever runs.
-    libc = ctypes.PyDLL(None)
-    mutex = ctypes.create_string_buffer(64)
-    libc.pthread_mutex_lock(mutex)
-    libc.pthread_mutex_lock(mutex)
-"""
-
-FOLLOWER = """
-
-def test_still_runs():
-    assert True
-"""
-
-ARGS = ("--expire-default=0.5", "--expire-grace=0.5")
+from snippets import ARGS, FOLLOWER, HOLD_THE_GIL_FOREVER
 
 
 def test_c_code_holding_the_gil_is_killed_and_reported(pytester: pytest.Pytester) -> None:

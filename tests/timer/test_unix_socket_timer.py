@@ -460,6 +460,33 @@ def test_an_orphaned_grandchild_is_not_signalled(
         orphan.kill()  # psutil checks it is still the same process
 
 
+def test_only_descendants_of_the_host_are_signalled(
+    caplog_info: pytest.LogCaptureFixture,
+) -> None:
+    # A server created inside a watchdog process names the process it
+    # watches as its host: a process outside that tree is never signalled,
+    # though it descends from the process that runs the server.
+    other_host = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    server = UnixSocketTimerServer(host_pid=other_host.pid)
+    server.start()
+    try:
+        result = run_python(
+            """
+            client = UnixSocketTimerClient.from_env()
+            client.acquire("outside the host's tree", time.time() + 0.2)
+            time.sleep(1.5)
+            """,
+            env_of(server),
+        )
+        assert result.returncode == 0, result.stderr
+        assert "refusing to signal" in caplog_info.text
+        assert f"not a descendant of host process {other_host.pid}" in caplog_info.text
+    finally:
+        server.stop()
+        other_host.kill()
+        other_host.wait()
+
+
 # ------------------------------------------------------------------ client death
 
 

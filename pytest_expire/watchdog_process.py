@@ -1,0 +1,56 @@
+"""The body of a session's watchdog process: ``python -m pytest_expire.watchdog_process``.
+
+:class:`~pytest_expire.watchdog.SessionWatchdog` starts it with
+:mod:`subprocess` rather than through the timer library's
+``start(process=True)``: a fresh interpreter that imports only the timer
+server (multiprocessing's ``spawn`` re-imports pytest's ``__main__`` in the
+child, some 0.3 s per session), and no multiprocessing bookkeeping in the
+pytest process, whose forked workers would inherit it and, at their exit,
+terminate the watchdog as a child of theirs.
+
+Arguments: the session's directory, and the PID of the pytest process that
+started it (the host whose descendants it may signal; it dies with it). It
+writes ``ready`` to its standard output once clients can connect, then
+serves until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+from pytest_expire.timer._watchdog import die_with_parent
+from pytest_expire.timer.unix_socket_timer import UnixSocketTimerServer, format_address
+from pytest_expire.watchdog import READY, Diagnose, socket_path
+
+
+def main(argv: list[str]) -> None:
+    directory, host_pid = Path(argv[0]), int(argv[1])
+    # Ctrl-C is for pytest, which still needs its watchdog while it tears down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM (from stop(), or from the kernel when the host dies) is waited
+    # for below; blocked before the server's thread starts, so that thread
+    # never takes it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    die_with_parent(host_pid, signal.SIGTERM)
+    server = UnixSocketTimerServer(
+        address=format_address(str(socket_path(directory))),
+        run_id="pytest-expire",
+        on_expired=Diagnose(directory),
+        host_pid=host_pid,
+    )
+    server.start()
+    os.write(sys.stdout.fileno(), READY)
+    os.close(sys.stdout.fileno())
+    signal.sigwait({signal.SIGTERM})
+    server.stop()
+    sys.stderr.flush()
+    # Nothing is left to tear down: skip the interpreter's exit, which would
+    # make stop() wait for it.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
