@@ -8,7 +8,8 @@ waits, socket reads) return to Python, so this works for every hang that
 Python code can still notice. A real-time signal is used because tests
 replace the handlers of SIGINT, SIGALRM and SIGTERM, but not these.
 
-The handler acts only while a test phase runs and only if that test's own
+The handler acts only while a test phase runs (it finds the phase on the
+stack, so tracking it costs a test nothing) and only if that test's own
 deadline has passed: an interrupt that arrives as a test finishes finds the
 next test armed with a later deadline, or nothing armed, and does nothing.
 Nor does it raise in the middle of pytest's own code (its setup stack, say,
@@ -29,6 +30,7 @@ from types import FrameType
 
 # Public as ``pytest.fail.Exception``, which a type checker cannot subclass.
 from _pytest.outcomes import Failed
+from _pytest.runner import CallInfo
 
 INTERRUPT_SIGNAL = signal.SIGRTMIN + 7
 
@@ -37,6 +39,9 @@ _CLOCK_SLACK = 0.01
 # Code an exception must not cut in two: the interrupt waits until it is left.
 _INTERNAL_MODULES = ("_pytest.", "pluggy.", "pytest_expire.")
 _RETRY_DELAY = 0.01
+# pytest runs each phase of a test (setup, call, teardown) inside this
+# function, whose ``when`` names the phase.
+_PHASE_CODE = vars(CallInfo)["from_call"].__func__.__code__
 
 
 class Expired(Failed):
@@ -55,7 +60,6 @@ class Deadline:
     nodeid: str
     seconds: float
     expiration_time: float
-    phase: str | None = None
     paused: bool = False
     expired_in: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -89,10 +93,11 @@ def _on_interrupt(signum: int, frame: FrameType | None) -> None:
         return
     if time.time() + _CLOCK_SLACK < deadline.expiration_time:
         return
-    if deadline.phase is None or _is_internal(frame):
+    phase = None if _is_internal(frame) else _phase_of(frame)
+    if phase is None:
         _send_again_later(deadline)
         return
-    deadline.expired_in = deadline.phase
+    deadline.expired_in = phase
     tasks = _asyncio_task_stacks()
     if tasks:
         deadline.notes.append(tasks)
@@ -102,6 +107,16 @@ def _on_interrupt(signum: int, frame: FrameType | None) -> None:
 def _is_internal(frame: FrameType | None) -> bool:
     module = frame.f_globals.get("__name__", "") if frame is not None else ""
     return isinstance(module, str) and module.startswith(_INTERNAL_MODULES)
+
+
+def _phase_of(frame: FrameType | None) -> str | None:
+    """The test phase ``frame`` runs in, if any: found on the stack, at no cost before."""
+    while frame is not None:
+        if frame.f_code is _PHASE_CODE:
+            when = frame.f_locals.get("when")
+            return when if isinstance(when, str) else "test"
+        frame = frame.f_back
+    return None
 
 
 def _send_again_later(deadline: Deadline) -> None:

@@ -171,47 +171,25 @@ class ExpirePlugin:
             deadline.paused = False
             self._client.arm(deadline.nodeid, deadline.expiration_time, self.settings.grace)
 
-    @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_setup(self) -> Generator[None, None, None]:
-        return (yield from _in_phase("setup"))
-
-    @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_call(self) -> Generator[None, None, None]:
-        return (yield from _in_phase("call"))
-
-    @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_teardown(self) -> Generator[None, None, None]:
-        return (yield from _in_phase("teardown"))
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        report = yield
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # First, so that every reporter (and an xdist worker's relay) sees it.
         deadline = interrupt.current
-        if deadline is not None and deadline.expired_in == call.when and self._directory:
+        if (
+            deadline is not None
+            and deadline.expired_in == report.when
+            and deadline.nodeid == report.nodeid
+            and self._directory
+        ):
             report.sections.append(
                 (
-                    f"expired: {item.nodeid} after {format_seconds(deadline.seconds)}",
+                    f"expired: {report.nodeid} after {format_seconds(deadline.seconds)}",
                     self._diagnosis(deadline),
                 )
             )
-        return report
 
     def _diagnosis(self, deadline: interrupt.Deadline) -> str:
         assert self._directory is not None
         parts = [read_diagnosis(self._directory, deadline.nodeid)]
         parts.extend(f"asyncio tasks:\n{note}" for note in deadline.notes)
         return "\n".join(part for part in parts if part)
-
-
-def _in_phase(phase: str) -> Generator[None, None, None]:
-    """Let the interrupt land only while ``phase`` of the armed test runs."""
-    deadline = interrupt.current
-    if deadline is None:
-        return (yield)
-    deadline.phase = phase
-    try:
-        return (yield)
-    finally:
-        deadline.phase = None

@@ -124,13 +124,19 @@ class Supervisor:
             if os.WIFEXITED(status):
                 self._end(watchdog, os.WEXITSTATUS(status))
             tests = read_records(records)
-            if not tests or tests[-1].finished:
+            if not tests:
                 sys.stderr.write(
-                    f"pytest-expire: the worker running the tests died outside of any test "
+                    f"pytest-expire: the worker running the tests died before its first test "
                     f"({_describe(status)})\n"
                 )
                 self._end(watchdog, pytest.ExitCode.INTERNAL_ERROR)
-            tests[-1].killed_by = os.WTERMSIG(status)
+            if tests[-1].finished:
+                sys.stderr.write(
+                    f"pytest-expire: the worker running the tests died between two tests "
+                    f"({_describe(status)}); a new one goes on\n"
+                )
+            else:
+                tests[-1].killed_by = os.WTERMSIG(status)
             history.extend(tests)
         raise AssertionError("every test was killed, and the session still did not end")
 

@@ -47,19 +47,13 @@ class WorkerPlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> None:
         self._writer.started(self._index[id(item)], item.stash.get(DEADLINE, None))
-        # Before the test can hang: the supervisor must know it started, and
-        # what the terminal was shown must not die in a buffer with the worker.
-        self._writer.flush()
+        # Before the test can hang: what the terminal was shown must not die
+        # in a buffer with the worker (a no-op where pytest flushed already).
         if self._reporter is not None:
             self._reporter.flush()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self._writer.report(report)
-        if report.when != "teardown":
-            self._writer.flush()
-
-    def pytest_runtest_logfinish(self) -> None:
-        self._writer.finished()
 
     def pytest_warning_recorded(
         self, warning_message: warnings.WarningMessage, when: str, nodeid: str
@@ -78,36 +72,40 @@ def replay(
     """Report the tests earlier workers ran, as they reported them; drop them from the run.
 
     A test whose worker was killed (``killed_by`` set) is reported as the
-    supervisor saw it end. The last one was killed just now: what its
-    worker reported was shown already, its failure was not.
+    supervisor saw it end. The terminal shows all of it already but the end
+    of the last test, whose worker died just now.
     """
-    config = session.config
-    last = history[-1]
-    with _quiet_terminal(config):
-        for test in history:
-            item = session.items[test.index]
-            hook = item.ihook
-            hook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-            for line in test.warnings:
-                message, nodeid = warning_from_record(line)
-                hook.pytest_warning_recorded.call_historic(
-                    kwargs={
-                        "warning_message": message,
-                        "when": "runtest",
-                        "nodeid": nodeid,
-                        "location": None,
-                    }
-                )
-            for line in test.reports:
-                hook.pytest_runtest_logreport(report=report_from_record(line, item, config))
-            if test is not last:
-                _report_end(item, test, directory, grace)
-    _report_end(session.items[last.index], last, directory, grace)
+    *before, last = ((session.items[test.index], test) for test in history)
+    with _quiet_terminal(session.config):
+        for item, test in before:
+            _replay_start(item, test)
+            _replay_end(item, test, directory, grace)
+        _replay_start(*last)
+    _replay_end(*last, directory, grace)
     del session.items[: len(history)]
     _stop_if_asked(session)
 
 
-def _report_end(item: pytest.Item, test: TestRecord, directory: Path, grace: float) -> None:
+def _replay_start(item: pytest.Item, test: TestRecord) -> None:
+    """What the test's worker reported: its start, warnings and reports."""
+    hook = item.ihook
+    hook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    for line in test.warnings:
+        message, nodeid = warning_from_record(line)
+        hook.pytest_warning_recorded.call_historic(
+            kwargs={
+                "warning_message": message,
+                "when": "runtest",
+                "nodeid": nodeid,
+                "location": None,
+            }
+        )
+    for line in test.reports:
+        hook.pytest_runtest_logreport(report=report_from_record(line, item, item.config))
+
+
+def _replay_end(item: pytest.Item, test: TestRecord, directory: Path, grace: float) -> None:
+    """The test's end: how its worker died, if it died in it."""
     if test.killed_by is not None:
         item.ihook.pytest_runtest_logreport(report=_killed_report(item, test, directory, grace))
     item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)

@@ -189,3 +189,37 @@ def test_an_interrupt_waits_until_it_lands_outside_pytest(pytester: pytest.Pytes
     result.stdout.fnmatch_lines(
         [">*while time.monotonic() < end:  # the interrupt lands here", "*(in call)*"]
     )
+
+
+def test_an_interrupt_never_lands_in_a_hook_between_phases(pytester: pytest.Pytester) -> None:
+    # A conftest's hook runs between the setup and the call: an exception
+    # there would break pytest itself. The interrupt lands in the call.
+    pytester.makeconftest(
+        """
+        import time
+
+        def pytest_runtest_logreport(report):
+            if report.when == "setup":
+                end = time.monotonic() + 1.0
+                while time.monotonic() < end:
+                    pass
+        """
+    )
+    pytester.makepyfile(
+        """
+        import time
+        import pytest
+
+        @pytest.mark.expires(0.2)
+        def test_spins():
+            end = time.monotonic() + 30
+            while time.monotonic() < end:  # the interrupt lands here
+                pass
+        """
+    )
+    result = pytester.runpytest_subprocess(timeout=60)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [">*while time.monotonic() < end:  # the interrupt lands here", "*(in call)*"]
+    )
+    result.stdout.no_fnmatch_line("*INTERNALERROR*")

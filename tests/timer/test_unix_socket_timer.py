@@ -370,6 +370,61 @@ def test_signals_and_escalation(server: UnixSocketTimerServer) -> None:
     assert result.stdout == "usr1\nalive\n"
 
 
+def test_timers_with_signals_of_their_own_in_one_write(server: UnixSocketTimerServer) -> None:
+    """acquire_many: an interrupt then a kill, armed together; release_many disarms both."""
+    result = run_python(
+        """
+        signal.signal(signal.SIGUSR1, lambda *_: print("usr1", flush=True))
+        client = UnixSocketTimerClient.from_env()
+        started = time.time()
+        client.acquire_many([("released", started + 0.2, signal.SIGKILL),
+                             ("released [kill]", started + 0.2, signal.SIGKILL)])
+        client.release_many(["released", "released [kill]"])
+        client.acquire_many([("test", started + 0.2, signal.SIGUSR1),
+                             ("test [kill]", started + 0.6, signal.SIGKILL)])
+        time.sleep(0.4)
+        print("alive", flush=True)
+        time.sleep(30)
+        """,
+        env_of(server),
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert result.stdout == "usr1\nalive\n"
+
+
+def test_a_batch_too_big_for_one_write_still_arrives(server: UnixSocketTimerServer) -> None:
+    result = run_python(
+        """
+        client = UnixSocketTimerClient.from_env()
+        far = time.time() + 60
+        scopes = [str(i) * ust.MAX_SCOPE_BYTES for i in range(3)]
+        client.acquire_many([(scope, far, signal.SIGKILL) for scope in scopes])
+        client.acquire_many([("last", time.time() + 0.2, signal.SIGKILL)])
+        client.release_many(scopes)
+        time.sleep(30)
+        """,
+        env_of(server),
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("timers", "error"),
+    [
+        ([("scope", 1.0, "9")], TypeError),
+        ([("scope", 1.0, signal.NSIG)], ValueError),
+        ([("scope", "soon", signal.SIGKILL)], TypeError),
+        ([("x" * (ust.MAX_SCOPE_BYTES + 1), 1.0, signal.SIGKILL)], ValueError),
+    ],
+)
+def test_acquire_many_checks_every_timer(
+    thread_server: UnixSocketTimerServer, timers: list[tuple[str, float, int]], error: type
+) -> None:
+    client = UnixSocketTimerClient(thread_server.address)
+    with pytest.raises(error):
+        client.acquire_many(timers)
+
+
 def test_on_expired_is_told_first_and_its_text_is_logged(
     caplog_info: pytest.LogCaptureFixture,
 ) -> None:
