@@ -1,29 +1,33 @@
 """What a worker leaves behind for its supervisor: one record file per worker.
 
-A supervised worker (a fork of the pytest process the user started) appends
-a line to its record file for each test it starts, each report and each
-warning; a test whose teardown was reported has finished. If the worker is killed, its supervisor
-reads the file to learn which tests ended, with which reports, and which test
-was running; the next worker replays those reports so that every reporter
-sees the whole run. Nobody reads the file otherwise, so writing it must be
-nearly free: a passed report without output is one short line, copied into
-a shared memory map of the file, which survives the worker's death without
-a system call per line.
+A supervised worker (a fork of the pytest process the user started) adds a
+record to its record file for each test it starts, each report and each
+warning; a test whose teardown was reported has finished. If the worker is
+killed, its supervisor reads the file to learn which tests ended, with which
+reports, and which test was running; the next worker replays those reports
+so that every reporter sees the whole run. Nobody reads the file otherwise,
+so writing it must be nearly free: records are packed straight into a shared
+memory map of the file (which survives the worker's death without a system
+call per record), and a passed report without output is a few numbers.
 
-Lines, tab-separated, the first field saying what they are::
+A record is a kind byte and a payload; the part of the file not written yet
+is NUL bytes, which no kind is::
 
-    S <index> <seconds or ->   test session.items[index] started, with its deadline
-    R <when> <outcome> <duration> <start> <stop>   a report with nothing more in it
-    J <json>                   any other report, pytest_report_to_serializable's form
-    W <json>                   a warning recorded while a test ran
+    S  index (int64), deadline (float64, NaN: none)     test session.items[index] started
+    R  when (uint8), duration, start, stop (float64)    a passed report, nothing more in it
+    J  length (uint32), JSON                            any other report, as
+                                                        pytest_report_to_serializable has it
+    W  length (uint32), JSON                            a warning recorded while a test ran
 """
 
 from __future__ import annotations
 
 import builtins
 import json
+import math
 import mmap
 import os
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +35,17 @@ from typing import Any
 
 import pytest
 
-# The record file grows by this much at least (a few thousand tests' worth).
+# The record file grows by this much at least (some ten thousand tests' worth).
 _CHUNK = 1 << 20
+
+_STARTED = struct.Struct("<cqd")
+_PASSED = struct.Struct("<cBddd")
+_SIZED = struct.Struct("<cI")
+_PHASES = ("setup", "call", "teardown")
+_PHASE_CODES = {phase: code for code, phase in enumerate(_PHASES)}
+
+#: A passed report as recorded: (when, duration, start, stop).
+PassedReport = tuple[str, float, float, float]
 
 
 @dataclass
@@ -43,9 +56,10 @@ class TestRecord:
 
     index: int
     seconds: float | None
-    reports: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    # Set by the supervisor when the worker died in this test: the signal.
+    #: Passed reports as tuples, the others as pytest_report_to_serializable's dicts.
+    reports: list[PassedReport | dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    #: Set by the supervisor when the worker died in this test: the signal.
     killed_by: int | None = None
 
     @property
@@ -56,33 +70,37 @@ class TestRecord:
     def phase_reached(self) -> str:
         """The phase the test was in when its worker died: the first one not reported."""
         reported = self._phases_reported()
-        return next((p for p in ("setup", "call", "teardown") if p not in reported), "teardown")
+        return next((p for p in _PHASES if p not in reported), "teardown")
 
     def _phases_reported(self) -> set[str]:
-        reported = {line.split("\t", 2)[1] for line in self.reports if line.startswith("R")}
-        reported.update(_when_of_json(line) for line in self.reports if line.startswith("J"))
-        return reported
+        return {
+            report[0] if isinstance(report, tuple) else str(report.get("when"))
+            for report in self.reports
+        }
 
 
 class RecordWriter:
-    """The worker's side: lines copied into a shared memory map of the record file.
+    """The worker's side: records packed into a shared memory map of the record file.
 
-    A copy into a ``MAP_SHARED`` mapping is in the file as soon as it is
-    made (the kernel's page cache holds it, whatever happens to the worker
-    next), so a record costs no system call. The file grows in chunks; the
-    part not written yet reads as NUL bytes.
+    What is packed into a ``MAP_SHARED`` mapping is in the file at once (the
+    kernel's page cache holds it, whatever happens to the worker next). The
+    file grows in chunks.
     """
 
     def __init__(self, path: Path, config: pytest.Config) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         self._config = config
-        self._map: mmap.mmap | None = None
+        self._map = mmap.mmap(-1, 1)  # replaced by _grow
         self._size = 0
         self._end = 0
         self._grow(_CHUNK)
 
     def started(self, index: int, seconds: float | None) -> None:
-        self._append(f"S\t{index}\t{'-' if seconds is None else repr(seconds)}\n")
+        end = self._room(_STARTED.size)
+        _STARTED.pack_into(
+            self._map, self._end, b"S", index, math.nan if seconds is None else seconds
+        )
+        self._end = end
 
     def report(self, report: pytest.TestReport) -> None:
         if (
@@ -92,15 +110,22 @@ class RecordWriter:
             and not report.user_properties
             and not hasattr(report, "wasxfail")
         ):
-            self._append(
-                f"R\t{report.when}\t{report.outcome}\t{report.duration!r}"
-                f"\t{report.start!r}\t{report.stop!r}\n"
+            end = self._room(_PASSED.size)
+            _PASSED.pack_into(
+                self._map,
+                self._end,
+                b"R",
+                _PHASE_CODES[report.when],
+                report.duration,
+                report.start,
+                report.stop,
             )
+            self._end = end
         else:
             data = self._config.hook.pytest_report_to_serializable(
                 config=self._config, report=report
             )
-            self._append(f"J\t{json.dumps(data)}\n")
+            self._add_sized(b"J", data)
 
     def warning(self, message: warnings.WarningMessage, nodeid: str) -> None:
         data = {
@@ -110,30 +135,33 @@ class RecordWriter:
             "lineno": message.lineno,
             "nodeid": nodeid,
         }
-        self._append(f"W\t{json.dumps(data)}\n")
+        self._add_sized(b"W", data)
 
     def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+        self._map.close()
         os.close(self._fd)
 
-    def _append(self, line: str) -> None:
-        data = line.encode()
-        end = self._end + len(data)
+    def _add_sized(self, kind: bytes, data: object) -> None:
+        payload = json.dumps(data).encode()
+        end = self._room(_SIZED.size + len(payload))
+        # The payload first: until its header is there, the record does not exist.
+        self._map[self._end + _SIZED.size : end] = payload
+        _SIZED.pack_into(self._map, self._end, kind, len(payload))
+        self._end = end
+
+    def _room(self, size: int) -> int:
+        """Make room for ``size`` more bytes; where they will end."""
+        end = self._end + size
         if end > self._size:
             self._grow(end)
-        assert self._map is not None
-        self._map[self._end : end] = data
-        self._end = end
+        return end
 
     def _grow(self, at_least: int) -> None:
         size = max(2 * self._size, _CHUNK)
         while size < at_least:
             size *= 2
         os.ftruncate(self._fd, size)
-        if self._map is not None:
-            self._map.close()
+        self._map.close()
         self._map = mmap.mmap(self._fd, size)
         self._size = size
 
@@ -142,48 +170,57 @@ def read_records(path: Path) -> list[TestRecord]:
     """The tests a worker recorded, in order; only the last one may be unfinished."""
     tests: list[TestRecord] = []
     try:
-        text = path.read_bytes().rstrip(b"\0").decode("utf-8", errors="replace")
+        data = path.read_bytes()
     except FileNotFoundError:
         return tests
-    for line in text.splitlines(keepends=True):
-        if not line.endswith("\n"):
-            break  # cut short by the kill
-        kind = line[0]
-        if kind == "S":
-            _, index, seconds = line.rstrip("\n").split("\t")
-            tests.append(TestRecord(int(index), None if seconds == "-" else float(seconds)))
-        elif kind in "RJ":
-            tests[-1].reports.append(line)
-        elif kind == "W":
-            tests[-1].warnings.append(line)
+    offset = 0
+    while offset < len(data):
+        kind = data[offset : offset + 1]
+        if kind == b"S" and offset + _STARTED.size <= len(data):
+            _, index, seconds = _STARTED.unpack_from(data, offset)
+            tests.append(TestRecord(index, None if math.isnan(seconds) else seconds))
+            offset += _STARTED.size
+        elif kind == b"R" and tests and offset + _PASSED.size <= len(data):
+            _, when, duration, start, stop = _PASSED.unpack_from(data, offset)
+            tests[-1].reports.append((_PHASES[when], duration, start, stop))
+            offset += _PASSED.size
+        elif kind in (b"J", b"W") and tests and offset + _SIZED.size <= len(data):
+            _, length = _SIZED.unpack_from(data, offset)
+            start = offset + _SIZED.size
+            if start + length > len(data):
+                break
+            decoded = json.loads(data[start : start + length])
+            (tests[-1].reports if kind == b"J" else tests[-1].warnings).append(decoded)
+            offset = start + length
+        else:
+            break  # the end of what was written (NUL bytes), or a record cut short
     return tests
 
 
-def report_from_record(line: str, item: pytest.Item, config: pytest.Config) -> pytest.TestReport:
-    """The report a worker recorded for ``item`` as ``line``."""
-    if line.startswith("J"):
-        report = config.hook.pytest_report_from_serializable(
-            config=config, data=json.loads(line[2:])
-        )
+def report_from_record(
+    recorded: PassedReport | dict[str, Any], item: pytest.Item, config: pytest.Config
+) -> pytest.TestReport:
+    """The report a worker recorded for ``item``."""
+    if isinstance(recorded, dict):
+        report = config.hook.pytest_report_from_serializable(config=config, data=recorded)
         assert isinstance(report, pytest.TestReport)
         return report
-    _, when, outcome, duration, start, stop = line.rstrip("\n").split("\t")
+    when, duration, start, stop = recorded
     return pytest.TestReport(
         item.nodeid,
         item.location,
         keywords=dict.fromkeys(item.keywords, 1),
-        outcome=outcome,  # type: ignore[arg-type]
+        outcome="passed",
         longrepr=None,
         when=when,  # type: ignore[arg-type]
-        duration=float(duration),
-        start=float(start),
-        stop=float(stop),
+        duration=duration,
+        start=start,
+        stop=stop,
     )
 
 
-def warning_from_record(line: str) -> tuple[warnings.WarningMessage, str]:
+def warning_from_record(data: dict[str, Any]) -> tuple[warnings.WarningMessage, str]:
     """A recorded warning, rebuilt (a built-in category by name, else UserWarning), and its test."""
-    data: dict[str, Any] = json.loads(line[2:])
     category = getattr(builtins, data["category"], None)
     if not (isinstance(category, type) and issubclass(category, Warning)):
         category = UserWarning
@@ -191,8 +228,3 @@ def warning_from_record(line: str) -> tuple[warnings.WarningMessage, str]:
         category(data["message"]), category, data["filename"], data["lineno"]
     )
     return message, data["nodeid"]
-
-
-def _when_of_json(line: str) -> str:
-    when = json.loads(line[2:]).get("when", "")
-    return when if isinstance(when, str) else ""

@@ -90,8 +90,8 @@ def _replay_start(item: pytest.Item, test: TestRecord) -> None:
     """What the test's worker reported: its start, warnings and reports."""
     hook = item.ihook
     hook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    for line in test.warnings:
-        message, nodeid = warning_from_record(line)
+    for warning in test.warnings:
+        message, nodeid = warning_from_record(warning)
         hook.pytest_warning_recorded.call_historic(
             kwargs={
                 "warning_message": message,
@@ -100,8 +100,8 @@ def _replay_start(item: pytest.Item, test: TestRecord) -> None:
                 "location": None,
             }
         )
-    for line in test.reports:
-        hook.pytest_runtest_logreport(report=report_from_record(line, item, item.config))
+    for recorded in test.reports:
+        hook.pytest_runtest_logreport(report=report_from_record(recorded, item, item.config))
 
 
 def _replay_end(item: pytest.Item, test: TestRecord, directory: Path, grace: float) -> None:

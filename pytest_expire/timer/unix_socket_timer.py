@@ -386,23 +386,37 @@ class UnixSocketTimerClient(TimerClient):
         messages: list[bytes] = []
         earliest = math.inf
         for scope_id, expiration_time, signum in timers:
-            _check_signal(signum)
-            checked = _check_expiration(expiration_time)
-            if checked is None:
-                messages.append(self._release_message(scope_id))
-                continue
+            if type(signum) is not int or not 0 <= signum < signal.NSIG:
+                _check_signal(signum)
+            if type(expiration_time) is not float or not expiration_time >= 0.0:
+                checked = _check_expiration(expiration_time)
+                if checked is None:
+                    messages.append(self._release_message(scope_id))
+                    continue
+                expiration_time = checked
             scope = scope_id.encode()
             if len(scope) > MAX_SCOPE_BYTES:
                 raise ValueError(_too_long(scope_id, scope))
-            messages.append(_encode_acquire(scope, checked, int(signum)))
-            earliest = min(earliest, checked)
+            messages.append(_encode_acquire(scope, expiration_time, int(signum)))
+            if expiration_time < earliest:
+                earliest = expiration_time
         conn = self._send_all(messages)
         if earliest < conn.wake[0]:
             self._poke(conn)
 
     def release_many(self, scope_ids: Iterable[str]) -> None:
         """Release several timers in one write (when they fit in one atomic pipe write)."""
-        self._send_all([self._release_message(scope_id) for scope_id in scope_ids])
+        messages = []
+        for scope_id in scope_ids:
+            message = self._releases.get(scope_id)
+            if message is None:
+                # Not cached: a scope released once (a test's, say) stays out of the cache.
+                scope = scope_id.encode()
+                if len(scope) > MAX_SCOPE_BYTES:
+                    raise ValueError(_too_long(scope_id, scope))
+                message = _encode_release(scope)
+            messages.append(message)
+        self._send_all(messages)
 
     def _release_message(self, scope_id: str) -> bytes:
         message = self._releases.get(scope_id)

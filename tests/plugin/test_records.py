@@ -47,8 +47,9 @@ def test_what_a_killed_worker_wrote_is_there(tmp_path: Path, pytestconfig: pytes
     assert (first.index, first.seconds, first.finished, len(first.reports)) == (0, 0.5, True, 3)
     assert (second.index, second.seconds, second.finished) == (1, None, False)
     assert second.phase_reached() == "call"
-    assert first.reports[0].startswith("R\t")  # a plain passed report is one short line
-    assert second.reports[0].startswith("J\t")  # one with output keeps it
+    assert first.reports[0] == ("setup", 0.25, 100.0, 100.25)  # a passed report: its numbers
+    assert isinstance(second.reports[0], dict)  # one with output keeps all of it
+    assert second.reports[0]["sections"] == [["Captured stdout setup", "hello"]]
 
 
 def test_a_report_comes_back_as_it_was_recorded(
