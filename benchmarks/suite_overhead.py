@@ -25,12 +25,12 @@ of its own, so no project configuration applies), plus:
 - ``expire-idle``: the ``expire`` plugin loaded, no deadline set (what having
   the package installed costs a session that does not use it);
 - ``expire-marker``: every test marked ``expires(60)`` (by a generated
-  ``-p`` plugin, at collection) and no default: deadlines armed and disarmed
-  in the process that was started, no supervisor. Against ``expire`` it
-  separates what arming costs from what supervision costs;
-- ``expire``: ``--expire-default=60``: every test under a deadline; the run
-  is supervised (a worker pytest process runs the tests, the process started
-  here replays its reports) and has a watchdog process;
+  ``-p`` plugin, at collection) and no default: the watchdog starts after
+  collection instead of during it;
+- ``expire``: ``--expire-default=60``: every test under a deadline. Both
+  are supervised: the process started here collects, then forks a worker
+  that runs and reports the tests, and waits; a watchdog process runs
+  beside them;
 - ``timeout-signal``, ``timeout-thread``: pytest-timeout ``--timeout=60`` with
   ``--timeout-method=signal`` / ``thread`` (skipped, with a note, when
   pytest-timeout is not installed; it is never a dependency of this project);
@@ -41,7 +41,7 @@ entry point of the ``pytest11`` group other than the variant's own: in this
 project's venv xdist and hypothesis, from the test extras, and whichever of
 expire and pytest-timeout is not measured) are blocked with ``-p no:NAME``:
 xdist and hypothesis add about a second of imports to each process, which
-would dilute every ratio (a supervised run pays it twice).
+would dilute every ratio.
 
 Suites
 ------
@@ -101,14 +101,12 @@ times every test from inside: wall (``perf_counter_ns``) and CPU
 (``tryfirst``, outside every other wrapper) to the exit, in the process that
 runs the tests; the median over the tests of a run shrugs off the moments
 another job took the core, though not a host that is slow for the whole run.
-A supervisor runs no test: there the plugin takes the CPU time between two
-consecutive replayed ``pytest_runtest_logfinish`` (it waits for its worker
-without using CPU, so that is its work per test). The table gives the
+A supervised run's tests run in its forked worker, which is where the
+plugin measures them (the supervisor only waits). The table gives the
 medians over rounds and of the per-round differences to ``bare``, and the
 fastest round's median against bare's fastest. These runs carry the plugin,
-so they are not the whole-run figures; they show where per-test time goes
-(the process that runs the tests, or the supervisor's replay, which a second
-idle core can absorb). Collection and start-up are not in them.
+so they are not the whole-run figures; collection and start-up are not in
+them.
 
 Deadline -> failed report
 -------------------------
@@ -121,14 +119,14 @@ time (``time.time()``, the clock the watchdog uses too) at which each test's
 plugin arms the deadline, so the figures below err on the long side by a few
 microseconds) and at which each report reaches ``pytest_runtest_logreport``,
 with the report's ``expired:`` section. Latency = time of the hung test's
-failed report *in the process that was started* (the supervisor, whose
-reporters write what the user sees) - (its protocol entry + deadline D).
+first failed report (in the worker that reports what the user sees) - (its
+protocol entry + deadline D).
 Cases (D = 1 s, ``--expire-grace=0.5``):
 
 - ``sleep``: ``time.sleep`` forever, ``--expire-default=1``: interrupted at D,
   with the stacks taken from outside first;
-- ``sleep, marker only``: the same test marked ``expires(1)`` and no default:
-  no supervisor, the test runs in the process that was started;
+- ``sleep, marker only``: the same test marked ``expires(1)`` and no default
+  (the watchdog starts after collection);
 - ``sleep, 4 forked children``: the test forks 4 children that sleep too,
   then sleeps: the stacks of 5 processes go into the report;
 - ``GIL held in C``: ``pthread_mutex_lock`` twice on one zeroed 64-byte
@@ -211,13 +209,13 @@ VARIANTS = (
     Variant("expire-idle", "pytest-expire loaded, no deadline", (), ("expire",)),
     Variant(
         "expire-marker",
-        "every test marked expires(60), no default: no supervisor",
+        "every test marked expires(60), no default",
         ("-p", MARKER_PLUGIN),
         ("expire",),
     ),
     Variant(
         "expire",
-        "--expire-default=60: supervised worker, watchdog",
+        "--expire-default=60",
         ("--expire-default=60",),
         ("expire",),
     ),
@@ -290,31 +288,16 @@ import pytest
 
 _wall = []
 _cpu = []
-_replay_cpu = []
-_state = {{"in_protocol": False, "last": None}}
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_protocol(item, nextitem):
-    _state["in_protocol"] = True
     wall, cpu = time.perf_counter_ns(), time.process_time_ns()
     try:
         return (yield)
     finally:
         _cpu.append(time.process_time_ns() - cpu)
         _wall.append(time.perf_counter_ns() - wall)
-        _state["in_protocol"] = False
-
-
-def pytest_runtest_logfinish(nodeid, location):
-    if _state["in_protocol"]:
-        return
-    # A supervisor: it replays the tests of its worker, and waits for them
-    # without using CPU, so the CPU time between two tests is its own work.
-    now = time.process_time_ns()
-    if _state["last"] is not None:
-        _replay_cpu.append(now - _state["last"])
-    _state["last"] = now
 
 
 def _median_us(values):
@@ -327,8 +310,6 @@ def pytest_unconfigure(config):
         "tests": len(_wall),
         "wall_us": _median_us(_wall),
         "cpu_us": _median_us(_cpu),
-        "replayed": len(_replay_cpu),
-        "replay_cpu_us": _median_us(_replay_cpu),
     }}
     fd = os.open(os.environ["{PER_TEST_ENV}"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
@@ -383,7 +364,7 @@ def pytest_runtest_logreport(report):
 '''
 
 MARKER_PLUGIN_SOURCE = '''\
-"""Marks every collected test expires(60): deadlines without a supervisor."""
+"""Marks every collected test expires(60): deadlines from markers only."""
 
 import pytest
 
@@ -731,9 +712,6 @@ def measure_per_test(
                 runner.notes.append(f"{label}: failed ({result.error or result.returncode})")
                 continue
             figures = {"wall": tests["wall_us"], "cpu": tests["cpu_us"], "others": result.others}
-            replay = next((r for r in records if r["replayed"]), None)
-            if replay is not None:
-                figures["replay"] = replay["replay_cpu_us"]
             out.setdefault(variant.key, {})[number] = figures
             print(f"{label}: {json.dumps(figures)}", file=sys.stderr, flush=True)
     return out
@@ -744,8 +722,8 @@ def per_test_table(per_test: PerTest, variants: Sequence[Variant], suite: str) -
         f"### {suite}: per test inside the processes (medians over the tests of a run)",
         "",
         "| variant | wall µs | Δ bare | fastest wall µs | Δ bare's fastest | CPU µs | Δ bare "
-        "| supervisor CPU µs | others' load | rounds |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| others' load | rounds |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     bare = per_test.get("bare", {})
     for variant in variants:
@@ -756,7 +734,7 @@ def per_test_table(per_test: PerTest, variants: Sequence[Variant], suite: str) -
         def figure(name: str, runs: dict[int, dict[str, float]] = runs) -> dict[int, float]:
             return {n: f[name] for n, f in runs.items() if name in f}
 
-        wall, cpu, replay = figure("wall"), figure("cpu"), figure("replay")
+        wall, cpu = figure("wall"), figure("cpu")
         others = figure("others")
         bare_wall = {n: f["wall"] for n, f in bare.items()}
         bare_cpu = {n: f["cpu"] for n, f in bare.items()}
@@ -768,7 +746,6 @@ def per_test_table(per_test: PerTest, variants: Sequence[Variant], suite: str) -
             f"{fmt(fastest, 1)} | {fmt(fastest_delta, 1)} | "
             f"{fmt(median(list(cpu.values())), 1)} | "
             f"{fmt(median(per_round(cpu, bare_cpu, 'difference')), 1)} | "
-            f"{fmt(median(list(replay.values())), 1) if replay else '-'} | "
             f"{fmt(median(list(others.values())))} | {len(runs)} |"
         )
     lines.append("")
@@ -781,7 +758,7 @@ def measure_latency(runner: Runner, root: Path, samples: int) -> list[LatencyCas
         LatencyCase("sleep", "sleep, --expire-default=1", supervised, None),
         LatencyCase(
             "sleep-marker",
-            "sleep, marker expires(1) only (no supervisor)",
+            "sleep, marker expires(1) only",
             (f"--expire-grace={GRACE:g}",),
             None,
         ),
@@ -838,7 +815,8 @@ def latency_sample(
     after = "test_deadline.py::test_2_after"
     pids = {record["pid"] for record in records if record["event"] == "start"}
     starts = [r for r in records if r["event"] == "start" and r["nodeid"] == hung]
-    reports = [r for r in records if r["event"] == "report" and r["pid"] == result.pid]
+    # In time order: a worker after a kill replays the earlier reports again.
+    reports = sorted((r for r in records if r["event"] == "report"), key=lambda r: r["time"])
     failed = [r for r in reports if r["nodeid"] == hung and r["outcome"] == "failed"]
     next_passed = [
         r

@@ -1,4 +1,4 @@
-"""The timer-server benchmark still runs: one pair, its quickest mode, no timing checked."""
+"""The benchmarks still run: their quickest modes, no timing checked."""
 
 from __future__ import annotations
 
@@ -36,3 +36,21 @@ def test_benchmark_runs_and_prints_a_row(tmp_path: Path) -> None:
             leftovers.append(process)
     _, alive = psutil.wait_procs(leftovers, timeout=2)
     assert not alive, f"the benchmark left processes behind: {[p.pid for p in alive]}"
+
+
+SUITE_SCRIPT = SCRIPT.with_name("suite_overhead.py")
+
+
+def test_suite_overhead_benchmark_runs_every_part() -> None:
+    command = [sys.executable, str(SUITE_SCRIPT), "--quick", "--sizes", "5", "20"]
+    command += ["--only", "expire", "--rounds", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert sum(line.startswith("| expire |") for line in lines) == 3, done.stdout
+    latency = [line for line in lines if line.startswith(("| sleep", "| GIL"))]
+    assert len(latency) == 4, done.stdout
+    # Every case produced its one sample, with the stacks of the hung test.
+    assert all(" | 1 | " in line and "1/1 show the test" in line for line in latency), latency
+    assert "- none: no leftovers, no failed run" in lines, done.stdout
