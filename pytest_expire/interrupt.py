@@ -12,7 +12,9 @@ The handler acts only while a test phase runs (it finds the phase on the
 stack, so tracking it costs a test nothing) and only if that test's own
 deadline has passed: an interrupt that arrives as a test finishes finds the
 next test armed with a later deadline, or nothing armed, and does nothing.
-Nor does it raise in the middle of pytest's own code (its setup stack, say,
+A test found in a debugger (one attached from an IDE, say, which pytest
+does not announce as it does its own ``--pdb`` and ``breakpoint()``) loses
+its deadline instead. Nor does it raise in the middle of pytest's own code (its setup stack, say,
 is not safe against an exception at any point): while the expired test is
 between phases or inside pytest, pluggy or this plugin, the interrupt is sent
 again a moment later, until it lands in the test's own code or the test ends.
@@ -21,10 +23,13 @@ again a moment later, until it lands in the test's own code or the test ends.
 from __future__ import annotations
 
 import asyncio
+import bdb
 import io
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -42,6 +47,8 @@ _RETRY_DELAY = 0.01
 # pytest runs each phase of a test (setup, call, teardown) inside this
 # function, whose ``when`` names the phase.
 _PHASE_CODE = vars(CallInfo)["from_call"].__func__.__code__
+# Debuggers that are not built on bdb (pdb, ipdb, pudb are): PyCharm's and VS Code's.
+_DEBUGGER_MODULES = ("pydevd", "_pydevd_bundle", "_pydevd_frame_eval", "debugpy")
 
 
 class Expired(Failed):
@@ -72,6 +79,9 @@ current: Deadline | None = None
 # Held while an interrupt is sent again and while the handler is removed:
 # one sent after that would meet the signal's default action and end the process.
 _sending = threading.Lock()
+#: Told (from the handler) that a debugger is attached to the expired test,
+#: which from then on has no deadline: someone is looking at it.
+on_debugger: Callable[[Deadline], None] | None = None
 
 
 def install() -> None:
@@ -93,6 +103,11 @@ def _on_interrupt(signum: int, frame: FrameType | None) -> None:
         return
     if time.time() + _CLOCK_SLACK < deadline.expiration_time:
         return
+    if _debugger_attached():
+        deadline.paused = True
+        if on_debugger is not None:
+            on_debugger(deadline)
+        return
     phase = None if _is_internal(frame) else _phase_of(frame)
     if phase is None:
         _send_again_later(deadline)
@@ -102,6 +117,20 @@ def _on_interrupt(signum: int, frame: FrameType | None) -> None:
     if tasks:
         deadline.notes.append(tasks)
     raise Expired(deadline.message())
+
+
+def _debugger_attached() -> bool:
+    """Whether a debugger traces this thread (pytest's own, or one attached from an IDE)."""
+    monitoring = getattr(sys, "monitoring", None)  # Python 3.12+: pdb from 3.14 uses it
+    if monitoring is not None and monitoring.get_tool(monitoring.DEBUGGER_ID) is not None:
+        return True
+    tracer = sys.gettrace()
+    if tracer is None:
+        return False
+    if isinstance(getattr(tracer, "__self__", None), bdb.Bdb):
+        return True
+    module = getattr(tracer, "__module__", None) or type(tracer).__module__
+    return isinstance(module, str) and module.startswith(_DEBUGGER_MODULES)
 
 
 def _is_internal(frame: FrameType | None) -> bool:

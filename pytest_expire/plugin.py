@@ -135,6 +135,7 @@ class ExpirePlugin:
             self._client = WatchdogClient(address)
             self._directory = Path(directory)
             stacks.register(self._directory)
+            interrupt.on_debugger = self._disarm
             interrupt.install()
         return self._client
 
@@ -159,8 +160,12 @@ class ExpirePlugin:
     def pytest_enter_pdb(self) -> None:
         """A test in the debugger has no deadline: someone is looking at it."""
         deadline = interrupt.current
-        if deadline is not None and self._client is not None and not deadline.paused:
+        if deadline is not None and not deadline.paused:
             deadline.paused = True
+            self._disarm(deadline)
+
+    def _disarm(self, deadline: interrupt.Deadline) -> None:
+        if self._client is not None:
             self._client.disarm(deadline.nodeid)
 
     def pytest_leave_pdb(self) -> None:

@@ -30,3 +30,32 @@ def test_breakpoint_is_not_interrupted(pytester: pytest.Pytester, default: str) 
         child.expect("1 passed")
     finally:
         child.terminate(force=True)
+
+
+def test_a_test_under_an_attached_debugger_loses_its_deadline(pytester: pytest.Pytester) -> None:
+    # A debugger pytest does not know of (an IDE's, attached to the process)
+    # stops at a line while someone reads, past the deadline and the grace.
+    pytester.makepyfile(
+        """
+        import bdb
+        import time
+        import pytest
+
+        class SomeoneReading(bdb.Bdb):
+            def user_line(self, frame):
+                time.sleep(1.5)
+                self.set_continue()
+
+        @pytest.mark.expires(0.5)
+        def test_debugged():
+            SomeoneReading().set_trace()
+            assert True
+
+        @pytest.mark.expires(0.5)
+        def test_not_debugged_still_expires():
+            time.sleep(30)
+        """
+    )
+    result = pytester.runpytest_subprocess("--expire-grace=0.5", "-p", "no:randomly", timeout=60)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_not_debugged_still_expires expired after 0.5 s*"])
