@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psutil
 
-from pytest_expire import stacks
+from pytest_expire import native_stacks, stacks
 from pytest_expire.interrupt import INTERRUPT_SIGNAL
 from pytest_expire.timer.file_based_local_timer import FileTimerRequest
 from pytest_expire.timer.unix_socket_timer import (
@@ -103,7 +103,11 @@ class Diagnose:
         if not tree:
             return f"process {pid} is gone\n"
         dumps = stacks.collect(self.directory, [process.pid for process in tree])
-        unregistered = "(no stacks: this process did not register for dumps)\n"
+        dumps.update(native_stacks.dump([p.pid for p in tree if p.pid not in dumps]))
+        unregistered = (
+            "(no stacks: this process did not register for dumps; "
+            "with py-spy installed, it is read from outside)\n"
+        )
         parts = [
             f"--- process {process.pid}: {_command_line(process)} ---\n"
             f"{dumps.get(process.pid, unregistered)}"

@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+from pytest_expire import native_stacks
+
 
 def test_an_interrupt_never_lands_in_the_next_test(pytester: pytest.Pytester) -> None:
     # Tests that end right at their 0.1 s deadline, each followed by one that
@@ -72,6 +74,34 @@ def test_a_forked_child_dumps_its_own_stacks(pytester: pytest.Pytester) -> None:
     child_dump = output[output.index(f"--- process {child_pid}:") :].split("\n\n")[0]
     assert "hang_in_the_child" in child_dump
     assert "os.waitpid" not in child_dump
+
+
+def test_a_started_subprocess_is_read_from_outside(pytester: pytest.Pytester) -> None:
+    # Not forked, so not registered for dumps: py-spy (the native extra)
+    # reads its stacks through ptrace.
+    if native_stacks.find_py_spy() is None:
+        pytest.skip("py-spy is not installed (the native extra)")
+    pytester.makepyfile(
+        """
+        import subprocess, sys, time
+
+        CHILD = "import time\\ndef waits_in_a_subprocess():\\n    time.sleep(3600)\\n" \\
+            "waits_in_a_subprocess()\\n"
+
+        def test_starts_and_hangs():
+            child = subprocess.Popen([sys.executable, "-c", CHILD])
+            try:
+                time.sleep(3600)
+            finally:
+                child.kill()
+                child.wait()
+        """
+    )
+    result = pytester.runpytest_subprocess("--expire-default=1", timeout=60)
+    result.assert_outcomes(failed=1)
+    output = result.stdout.str()
+    assert "(read by py-spy)" in output, output
+    assert "waits_in_a_subprocess" in output
 
 
 def test_the_dump_reaches_the_report_despite_capture(pytester: pytest.Pytester) -> None:
