@@ -7,14 +7,21 @@ The guard refuses all of these and logs each refusal.
 
 A worker is identified by a pidfd opened when its first timer is registered.
 A pidfd refers to one process for good: it cannot come to mean another
-process when the PID is reused, it tells cheaply whether its process has
-exited, and a signal sent through it reaches that process or nobody. This is
-stronger than comparing start times, which leaves a window between the check
-and the kill.
+process when the PID is reused, it becomes readable when its process exits,
+and a signal sent through it reaches that process or nobody. This is stronger
+than comparing start times, which leaves a window between the check and the
+kill.
+
+A PID can only be reused after its process has exited, so a known PID needs
+identifying afresh only when its pidfd has become readable. The pidfds sit in
+an epoll set: one ``epoll_wait`` per batch of requests finds the workers that
+exited, however many are known, and remembering a known PID is then a
+dictionary lookup instead of a system call per request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -24,9 +31,22 @@ import psutil
 
 logger = logging.getLogger(__name__)
 
-# The pidfds of ended workers are closed once the guard holds this many
-# pidfds, or twice as many as after the last such sweep.
-_MIN_SWEEP_AT = 1024
+# How many exits one epoll_wait() reports at most; more are read in a loop.
+_MAX_EXITS = 1024
+
+# How many times this process was forked into being: a guard made before a
+# fork holds, in the child, copies of its parent's pidfds and epoll set.
+# (Counted rather than compared with os.getpid(): that is a system call, on
+# every batch of requests.)
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
 
 
 class ReapGuard:
@@ -46,11 +66,15 @@ class ReapGuard:
         self.host_pid = os.getpid() if host_pid is None else host_pid
         self._admitted: set[int] = set()
         self._pidfds: dict[int, int] = {}
-        self._sweep_at = _MIN_SWEEP_AT
+        self._pids_by_fd: dict[int, int] = {}
+        # The pidfds, waited on for exits; made when first needed, and again
+        # in a forked child (an epoll set is shared with the parent).
+        self._exits: select.epoll | None = None
+        self._forks_seen = _forks
 
     def __getstate__(self) -> dict[str, object]:
         # A pidfd belongs to its process; a copy sent elsewhere starts afresh.
-        return {**self.__dict__, "_pidfds": {}}
+        return {**self.__dict__, "_pidfds": {}, "_pids_by_fd": {}, "_exits": None}
 
     def admit(self, pid: int) -> None:
         """Allow signalling ``pid`` although it is not a descendant of the host."""
@@ -59,46 +83,105 @@ class ReapGuard:
     def remember(self, pid: object) -> None:
         """Identify the process ``pid`` names now, unless it is identified already.
 
-        Called when a worker arms a timer; costs one system call when the
-        worker is known and alive. A PID whose known process has exited is
-        identified afresh: it may have been reused by the worker that arms
-        this timer. A PID that names no process is not recorded, and its
+        Called when a worker arms a timer; safe on its own, at the cost of one
+        system call (:meth:`notice_exits`). A server that reads requests in
+        batches calls :meth:`notice_exits` once per batch and :meth:`identify`
+        for each request instead.
+        """
+        self.notice_exits()
+        self.identify(pid)
+
+    def notice_exits(self) -> list[int]:
+        """Forget every remembered worker that has exited; return their PIDs.
+
+        Call it after reading a batch of requests and before identifying the
+        PIDs they name. A request that names a reused PID was sent by the new
+        process, which exists only because the old one had exited before: its
+        pidfd is readable by now, so the PID is forgotten here and identified
+        afresh by :meth:`identify`.
+        """
+        self._adopt()
+        if self._exits is None or not self._pidfds:
+            return []
+        exited: list[int] = []
+        while True:
+            events = self._exits.poll(0, _MAX_EXITS)
+            for pidfd, _ in events:
+                pid = self._pids_by_fd.get(pidfd)
+                if pid is not None:
+                    exited.append(pid)
+                    self.forget(pid)
+            if len(events) < _MAX_EXITS:
+                return exited
+
+    def identify(self, pid: object) -> None:
+        """Identify the process ``pid`` names now, unless it is identified already.
+
+        A dictionary lookup for a known worker: correct only if
+        :meth:`notice_exits` ran after the request naming ``pid`` was read
+        (see there). A PID that names no process is not recorded, and its
         timers expire without a signal.
         """
-        if not _is_pid(pid):
+        if not _is_pid(pid) or pid in self._pidfds:
             return
         assert isinstance(pid, int)
-        pidfd = self._pidfds.get(pid)
-        if pidfd is not None:
-            if not _has_exited(pidfd):
-                return
-            self.forget(pid)
         try:
-            self._pidfds[pid] = os.pidfd_open(pid)
+            pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
             return
         except OSError:
             logger.exception("cannot identify worker %d; its timers will not signal it", pid)
             return
-        if len(self._pidfds) > self._sweep_at:
-            self._sweep()
+        self._watch(pid, pidfd)
+
+    def _watch(self, pid: int, pidfd: int) -> None:
+        """Take ``pidfd`` as the identity of ``pid``, and wait for its exit."""
+        self._adopt()
+        if self._exits is None:
+            self._exits = select.epoll()
+        self._exits.register(pidfd, select.EPOLLIN)
+        self._pidfds[pid] = pidfd
+        self._pids_by_fd[pidfd] = pid
+
+    def _adopt(self) -> None:
+        """In a forked child, let go of the parent's pidfds and epoll set, and start afresh.
+
+        They are copies of the parent's: an epoll set is shared across fork,
+        so the child must neither wait on nor change it. Closing the copies
+        leaves the parent's alone.
+        """
+        if self._forks_seen == _forks:
+            return
+        copies = list(self._pidfds.values())
+        if self._exits is not None:
+            copies.append(self._exits.fileno())
+        for fd in copies:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._pidfds, self._pids_by_fd, self._exits = {}, {}, None
+        self._forks_seen = _forks
 
     def forget(self, pid: object) -> None:
         """Drop the identity of a worker that was reaped or is known gone."""
+        self._adopt()
         pidfd = self._pidfds.pop(pid, None)  # type: ignore[call-overload]
-        if pidfd is not None:
-            os.close(pidfd)
+        if pidfd is None:
+            return
+        self._pids_by_fd.pop(pidfd, None)
+        if self._exits is not None:
+            # Explicitly: a closed pidfd stays in the set while a child forked
+            # since holds a copy of it.
+            with contextlib.suppress(OSError):
+                self._exits.unregister(pidfd)
+        os.close(pidfd)
 
     def close(self) -> None:
-        """Close every pidfd (when the server stops)."""
+        """Close every pidfd and the epoll set (when the server stops)."""
         for pid in list(self._pidfds):
             self.forget(pid)
-
-    def _sweep(self) -> None:
-        """Close the pidfds of workers that have exited; bounds the open files."""
-        for pid in [pid for pid, pidfd in self._pidfds.items() if _has_exited(pidfd)]:
-            self.forget(pid)
-        self._sweep_at = max(_MIN_SWEEP_AT, 2 * len(self._pidfds))
+        if self._exits is not None:
+            self._exits.close()
+            self._exits = None
 
     def send_signal(self, pid: object, signum: int) -> bool:
         """Send ``signum`` to the worker ``pid`` if allowed.
@@ -114,7 +197,11 @@ class ReapGuard:
         assert isinstance(pid, int)
         pidfd = self._pidfds.get(pid)
         if pidfd is None:
-            logger.info("worker %d was gone when its timer was registered", pid)
+            logger.info(
+                "worker %d has exited, or was gone when its timer was registered; "
+                "nothing to signal",
+                pid,
+            )
             return True
         if _has_exited(pidfd):
             if psutil.pid_exists(pid):

@@ -13,8 +13,9 @@ dropped when stale entries outnumber live ones.
 from __future__ import annotations
 
 import heapq
+import logging
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
 
@@ -29,6 +30,8 @@ class _Timer(Protocol):
 
 
 T = TypeVar("T", bound=_Timer)
+
+logger = logging.getLogger(__name__)
 
 # Below this many heap entries a rebuild is not worth doing.
 _MIN_COMPACT = 1024
@@ -130,6 +133,23 @@ class TimerTable(Generic[T]):
         if len(heap) > _MIN_COMPACT and len(heap) > 2 * self._count:
             self._heap = [timer for timer in heap if self._is_live(timer)]
             heapq.heapify(self._heap)
+
+
+def drop_timers_of_exited(timers: TimerTable[Any], worker_ids: Iterable[Hashable]) -> None:
+    """Disarm every timer of workers known to have exited, and log what was dropped.
+
+    Such a worker cannot be reaped any more, and its PID may be handed to a
+    new process that must not inherit its timers.
+    """
+    for worker_id in worker_ids:
+        dropped = timers.remove_worker(worker_id)
+        if dropped:
+            logger.info(
+                "worker %r has exited; dropping its %d timer(s): %s",
+                worker_id,
+                len(dropped),
+                [timer.scope_id for timer in dropped],
+            )
 
 
 def wait_timeout(

@@ -22,7 +22,7 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 from pytest_expire.timer._guard import ReapGuard
-from pytest_expire.timer._table import TimerTable, is_valid_expiration
+from pytest_expire.timer._table import TimerTable, drop_timers_of_exited, is_valid_expiration
 from pytest_expire.timer.api import RequestQueue, TimerClient, TimerRequest, TimerServer
 
 __all__ = ["LocalTimerClient", "LocalTimerServer", "MultiprocessingRequestQueue"]
@@ -103,13 +103,23 @@ class LocalTimerServer(TimerServer):
         self._guard.admit(pid)
 
     def register_timers(self, timer_requests: list[TimerRequest]) -> None:
+        """Apply a batch of requests in order, after dropping the timers of exited workers.
+
+        Exits are noticed before the batch is applied (see
+        ``ReapGuard.notice_exits``): a worker whose PID was reused since its
+        timers were armed is forgotten with them, so a new process with that
+        PID is identified afresh and never reaped for the old one's timers.
+        """
+        exited = self._guard.notice_exits()
+        if exited:
+            drop_timers_of_exited(self._timers, exited)
         for request in timer_requests:
             if not _is_well_formed(request):
                 logger.warning("dropping malformed timer request %r", request)
             elif request.expiration_time < 0:
                 self._timers.remove(request.worker_id, request.scope_id)
             else:
-                self._guard.remember(request.worker_id)
+                self._guard.identify(request.worker_id)
                 self._timers.set(request)
 
     def clear_timers(self, worker_ids: set[Any]) -> None:

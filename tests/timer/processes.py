@@ -7,6 +7,13 @@ import select
 import subprocess
 import time
 from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+import pytest
+
+# Starting a process with a chosen PID races with every other process that
+# starts meanwhile; this many tries make losing every time unlikely.
+_PID_ATTEMPTS = 50
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 5.0) -> None:
@@ -34,3 +41,34 @@ def join_or_kill(process: multiprocessing.process.BaseProcess, timeout: float) -
         process.join()
         return None
     return process.exitcode
+
+
+class _Process(Protocol):
+    @property
+    def pid(self) -> int | None: ...
+
+
+P = TypeVar("P", bound=_Process)
+
+
+def start_with_pid(pid: int, start: Callable[[], P], discard: Callable[[P], None]) -> P:
+    """A process started by ``start()`` that got PID ``pid``: a real PID reuse.
+
+    ``pid`` must be free (its process reaped). The kernel hands out the PID
+    after the last one it handed out; setting that to ``pid - 1``
+    (``ns_last_pid``, as CRIU does) makes the next process get ``pid``, unless
+    another process of the machine starts in between: then the process is
+    discarded and this tries again. Setting it takes CAP_SYS_ADMIN (root):
+    without it the test is skipped.
+    """
+    for _ in range(_PID_ATTEMPTS):
+        try:
+            with open("/proc/sys/kernel/ns_last_pid", "w") as last_pid:
+                last_pid.write(str(pid - 1))
+        except OSError as exc:
+            pytest.skip(f"cannot choose the next PID: {exc}")
+        process = start()
+        if process.pid == pid:
+            return process
+        discard(process)
+    raise AssertionError(f"no process got PID {pid} in {_PID_ATTEMPTS} attempts")

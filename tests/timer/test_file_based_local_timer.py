@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 import pytest
-from processes import read_line, wait_until
+from processes import read_line, start_with_pid, wait_until
 
 from pytest_expire.timer import api
 from pytest_expire.timer import file_based_local_timer as fbt
@@ -813,6 +813,30 @@ def test_a_reused_pid_is_not_signalled(
     assert messages(caplog, "now names another process")
     assert worker.poll() is None
     assert len(server._timers) == 0
+
+
+def test_a_really_reused_pid_does_not_inherit_the_old_processes_timers(
+    make_server: Callable[..., FileTimerServer],
+    fifo: str,
+    procs: list[subprocess.Popen[bytes]],
+) -> None:
+    server = make_server()
+    server.start()
+    old = spawn(procs, EXIT_ARMED, fifo, 60)  # arms "left" and exits without releasing it
+    assert read_line(old) == "armed"
+    wait_until(lambda: scopes(server, old.pid) == {"left"})
+    old.wait()
+
+    def discard(proc: subprocess.Popen[bytes]) -> None:
+        proc.kill()
+        proc.wait()
+
+    new = start_with_pid(
+        old.pid, lambda: spawn(procs, WORKER, fifo, 0.5, 60, signal.SIGKILL), discard
+    )
+    assert read_line(new) == "armed"
+    wait_until(lambda: scopes(server, new.pid) == {"work"})
+    assert new.wait(timeout=5) == -signal.SIGKILL  # its own timer, signalled to it
 
 
 def test_a_request_split_across_two_writes(

@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import math
 import select
+import signal
+import string
 from signal import NSIG
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pytest_expire.timer import file_based_local_timer as fbt
 from pytest_expire.timer.file_based_local_timer import (
     FileTimerRequest,
     MalformedRequest,
@@ -207,3 +210,148 @@ def test_a_request_split_byte_by_byte(request: FileTimerRequest, step: int) -> N
     decoder = RequestDecoder()
     decoded = feed_all(decoder, [data[i : i + step] for i in range(0, len(data), step)])
     assert_same(decoded, [request])
+
+
+# ----------------------------------------------- the direct encoder and decoder
+
+# Whatever a FileTimerRequest may hold, also what no client sends.
+any_ints = st.integers() | st.booleans() | st.sampled_from(list(signal.Signals))
+any_times = st.floats() | st.integers() | st.booleans()
+any_scopes = st.text() | st.none() | st.integers() | st.lists(st.text(max_size=3), max_size=2)
+
+
+@fast
+@given(any_ints, any_ints, any_scopes, any_times, any_ints)
+def test_to_json_is_exactly_json_dumps(
+    version: Any, pid: Any, scope_id: Any, expiration_time: Any, signum: Any
+) -> None:
+    request = FileTimerRequest(pid, scope_id, expiration_time, signum)
+    request.version = version
+    fields = {
+        "version": version,
+        "pid": pid,
+        "scope_id": scope_id,
+        "expiration_time": expiration_time,
+        "signal": signum,
+    }
+    assert request.to_json() == json.dumps(fields)
+
+
+@fast
+@given(pids, st.text(), times, signals)
+def test_to_json_round_trips_through_json_loads(
+    pid: int, scope_id: str, expiration_time: float, signum: int
+) -> None:
+    text = FileTimerRequest(pid, scope_id, expiration_time, signum).to_json()
+    decoded = json.loads(text)
+    assert decoded == {
+        "version": 1,
+        "pid": pid,
+        "scope_id": scope_id,
+        "expiration_time": expiration_time,
+        "signal": signum,
+    }
+    assert type(decoded["expiration_time"]) is type(expiration_time)
+    assert text.isascii()
+
+
+# Scopes that JSON writes without escapes (printable ASCII but " and \).
+plain_scopes = st.text(
+    alphabet=st.sampled_from([c for c in string.printable if c.isprintable() and c not in '"\\']),
+    max_size=60,
+)
+
+
+# The times a client's line holds without the JSON parser: floats, ints of up to 15 digits.
+direct_times = st.floats(allow_nan=False, allow_infinity=False) | st.integers(
+    -(10**15) + 1, 10**15 - 1
+)
+
+
+@fast
+@given(pids, plain_scopes, direct_times, signals)
+def test_a_clients_line_is_decoded_without_the_json_parser(
+    pid: int, scope_id: str, expiration_time: float, signum: int
+) -> None:
+    request = FileTimerRequest(pid, scope_id, expiration_time, signum)
+    assert fbt._parse_canonical(request.to_json().encode()) == request
+
+
+def outcome(parse: Any, line: bytes) -> tuple[Any, ...]:
+    """What ``parse`` makes of ``line``: the request's fields and their types, or a refusal."""
+    try:
+        request = parse(line)
+    except MalformedRequest:
+        return ("refused",)
+    fields = (request.worker_id, request.scope_id, request.expiration_time, request.signal)
+    return (*fields, *map(type, fields))
+
+
+# The bytes the canonical form is made of, and a few it must refuse.
+MUTATION_BYTES = b'0123456789-+.eE"\\ {}:,\x00\x1f\x7f\xc3\xa9\xffa'
+
+
+@st.composite
+def near_canonical_lines(draw: st.DrawFn) -> bytes:
+    """A client's line with a few bytes replaced, inserted or deleted."""
+    line = bytearray(draw(requests()).to_json().encode())
+    for _ in range(draw(st.integers(0, 3))):
+        where = draw(st.integers(0, len(line)))
+        what = draw(st.sampled_from(["replace", "insert", "delete"]))
+        byte = draw(st.sampled_from(MUTATION_BYTES))
+        if what == "insert" or where == len(line):
+            line.insert(where, byte)
+        elif what == "replace":
+            line[where] = byte
+        else:
+            del line[where]
+    return bytes(line)
+
+
+# Texts of the canonical form's fields around what each one accepts.
+numberish = st.from_regex(rb"-?[0-9]{0,11}(\.[0-9]{0,3})?([eE][-+]?[0-9]{0,4})?", fullmatch=True)
+EDGES = {
+    "version": [b"01", b"1.0", b"2", b"true", b"-1", b'"1"'],
+    "pid": [b"1", b"0", b"01", b"0123", b"-5", b"2147483648", b"99999999999", b"1.0", b"1e3"],
+    "scope_id": [b'"\\""', b'"\\u00e9"', b'"\xc3\xa9"', b'"\xff"', b'"a\tb"', b'"\x7f"', b"7"],
+    "expiration_time": [
+        *(b"1.", b".5", b"1.e5", b"1e", b"1.5e", b"1e+", b"-", b"1e400", b"01.5", b"-01.5"),
+        *(b"5", b"-0", b"NaN", b"Infinity", b"1.5E3", b"1.5e-3", b"-0.0", b"1E+2", b"-1"),
+        *(b"999999999999999", b"1000000000000000", b"1" + b"0" * 400, b"-" + b"9" * 309),
+    ],
+    "signal": [
+        *(str(NSIG).encode(), str(NSIG - 1).encode(), b"-2147483648", b"-2147483649"),
+        *(b"01", b"-0", b"1.0", b"true"),
+    ],
+}
+
+
+@st.composite
+def canonical_like_lines(draw: st.DrawFn) -> bytes:
+    """A client's line, with one field (or none) replaced by a text near its edges."""
+    request = FileTimerRequest(draw(pids), draw(plain_scopes), draw(direct_times), draw(signals))
+    fields: dict[str, bytes] = {
+        "version": b"1",
+        "pid": b"%d" % request.worker_pid,
+        "scope_id": json.dumps(request.scope_id).encode(),
+        "expiration_time": json.dumps(request.expiration_time).encode(),
+        "signal": b"%d" % request.signal,
+    }
+    broken = draw(st.sampled_from([None, *fields]))
+    if broken is not None:
+        fields[broken] = draw(st.sampled_from(EDGES[broken]) | numberish | st.binary(max_size=6))
+    return (
+        b"{" + b", ".join(b'"%s": %s' % (key.encode(), text) for key, text in fields.items()) + b"}"
+    )
+
+
+@settings(max_examples=1500, deadline=None)
+@given(canonical_like_lines())
+def test_the_direct_decoder_agrees_with_the_json_parser_on_every_field(line: bytes) -> None:
+    assert outcome(parse_request, line) == outcome(fbt._parse_json, line)
+
+
+@settings(max_examples=500, deadline=None)
+@given(near_canonical_lines() | bad_lines().filter(lambda line: len(line) < PIPE_BUF))
+def test_the_direct_decoder_agrees_with_the_json_parser(line: bytes) -> None:
+    assert outcome(parse_request, line) == outcome(fbt._parse_json, line)

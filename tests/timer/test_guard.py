@@ -13,20 +13,29 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
+from processes import start_with_pid
 
 from pytest_expire.timer._guard import ReapGuard
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
 
+def start_sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen(SLEEPER)
+
+
+def discard(process: subprocess.Popen[bytes]) -> None:
+    process.kill()
+    process.wait()
+
+
 @pytest.fixture
 def child() -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(SLEEPER)
+    process = start_sleeper()
     try:
         yield process
     finally:
-        process.kill()
-        process.wait()
+        discard(process)
 
 
 @pytest.fixture
@@ -110,8 +119,8 @@ def pretend_the_pid_was_reused(guard: ReapGuard, pid: int) -> None:
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended_pidfd = os.pidfd_open(ended.pid)
     ended.wait()
-    os.close(guard._pidfds[pid])
-    guard._pidfds[pid] = ended_pidfd
+    guard.forget(pid)
+    guard._watch(pid, ended_pidfd)
 
 
 def test_refuses_a_pid_that_now_names_another_process(
@@ -158,9 +167,8 @@ def test_a_pid_that_never_existed_is_not_signalled(caplog: pytest.LogCaptureFixt
     assert "was gone when its timer was registered" in caplog.text
 
 
-def test_pidfds_of_ended_workers_are_closed_when_many(child: subprocess.Popen[bytes]) -> None:
+def test_pidfds_of_ended_workers_are_closed(child: subprocess.Popen[bytes]) -> None:
     guard = ReapGuard()
-    guard._sweep_at = 2
     ended = [subprocess.Popen([sys.executable, "-c", "pass"]) for _ in range(2)]
     for process in ended:
         guard.remember(process.pid)
@@ -169,3 +177,70 @@ def test_pidfds_of_ended_workers_are_closed_when_many(child: subprocess.Popen[by
     assert set(guard._pidfds) == {child.pid}
     guard.close()
     assert not guard._pidfds
+
+
+def test_exits_are_noticed_once_and_the_living_stay_known(
+    child: subprocess.Popen[bytes],
+) -> None:
+    guard = ReapGuard()
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    guard.remember(ended.pid)
+    guard.remember(child.pid)
+    ended.wait()
+    assert guard.notice_exits() == [ended.pid]
+    assert guard.notice_exits() == []
+    assert guard.send_signal(child.pid, signal.SIGTERM)
+    assert child.wait(timeout=5) == -signal.SIGTERM
+
+
+def test_a_really_reused_pid_is_signalled_only_once_the_new_process_armed_a_timer(
+    child: subprocess.Popen[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = ReapGuard()
+    guard.remember(child.pid)
+    discard(child)
+    reuser = start_with_pid(child.pid, start_sleeper, discard)
+    try:
+        # The old process's timer expires: the new process is not it.
+        assert guard.send_signal(reuser.pid, signal.SIGTERM)
+        assert reuser.poll() is None
+        assert "now names another process" in caplog.text
+        guard.remember(reuser.pid)  # the new process arms a timer
+        assert guard.send_signal(reuser.pid, signal.SIGTERM)
+        assert reuser.wait(timeout=5) == -signal.SIGTERM
+    finally:
+        discard(reuser)
+
+
+def test_a_batch_identifies_a_really_reused_pid_afresh(child: subprocess.Popen[bytes]) -> None:
+    guard = ReapGuard()
+    guard.remember(child.pid)
+    discard(child)
+    reuser = start_with_pid(child.pid, start_sleeper, discard)
+    try:
+        # A server read a request of the new process: exits first, then identities.
+        assert guard.notice_exits() == [reuser.pid]
+        guard.identify(reuser.pid)
+        assert guard.send_signal(reuser.pid, signal.SIGTERM)
+        assert reuser.wait(timeout=5) == -signal.SIGTERM
+    finally:
+        discard(reuser)
+
+
+def test_a_forked_copy_of_the_guard_leaves_the_parents_alone(
+    child: subprocess.Popen[bytes],
+) -> None:
+    guard = ReapGuard()
+    guard.remember(child.pid)
+    forked = os.fork()
+    if forked == 0:  # pragma: no cover - the child
+        try:
+            guard.notice_exits()
+            guard.forget(child.pid)
+            guard.remember(os.getppid())
+            guard.close()
+        finally:
+            os._exit(0)
+    assert os.waitstatus_to_exitcode(os.waitpid(forked, 0)[1]) == 0
+    discard(child)
+    assert guard.notice_exits() == [child.pid]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import pathlib
 import signal
@@ -16,7 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
-from processes import join_or_kill
+from processes import join_or_kill, start_with_pid, wait_until
 
 from pytest_expire import timer
 
@@ -33,6 +34,10 @@ def hang_in(queue: Any, after: float, how: str) -> None:
         # takes the GIL for good at once would never deliver its request.
         time.sleep(FEEDER_TIME)
         getattr(hangs, how)()
+
+
+def arm_and_exit(queue: Any) -> None:
+    timer.LocalTimerClient(queue).acquire("left", time.time() + 60)
 
 
 def finish_in(queue: Any, after: float, work: float) -> None:
@@ -199,3 +204,25 @@ def test_reaping_is_logged(queue: Any, caplog: pytest.LogCaptureFixture) -> None
         server.stop()
     assert "reaping worker" in caplog.text
     assert f"sent signal 9 to worker {worker.pid}" in caplog.text
+
+
+def test_a_really_reused_pid_does_not_inherit_the_old_processes_timers(queue: Any) -> None:
+    server = timer.LocalTimerServer(queue)
+    server.start()
+
+    def scopes(pid: int | None) -> set[str]:
+        return {t.scope_id for t in server.get_expired_timers(math.inf).get(pid, [])}
+
+    def discard(process: multiprocessing.process.BaseProcess) -> None:
+        process.kill()
+        process.join()
+
+    try:
+        old = run(arm_and_exit, queue)
+        wait_until(lambda: scopes(old.pid) == {"left"})
+        assert join_or_kill(old, timeout=10) == 0
+        new = start_with_pid(old.pid, lambda: run(finish_in, queue, 0.5, 60), discard)
+        wait_until(lambda: scopes(new.pid) == {"outer", "inner"})
+        assert join_or_kill(new, timeout=10) == -signal.SIGKILL  # its own timer, signalled to it
+    finally:
+        server.stop()
