@@ -112,7 +112,7 @@ class Supervisor:
         # interruption, and this process ends with it.
         interrupt_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
         for attempt in range(len(session.items) + 1):
-            records = watchdog.directory / f"records-{attempt}.txt"
+            records = watchdog.directory / f"records-{attempt}.bin"
             _flush_standard_streams()
             pid = os.fork()
             if pid == 0:
