@@ -22,7 +22,6 @@ again a moment later, until it lands in the test's own code or the test ends.
 
 from __future__ import annotations
 
-import asyncio
 import bdb
 import io
 import signal
@@ -170,6 +169,9 @@ def _asyncio_task_stacks() -> str:
     dump shows only the event loop's ``select``. Its task still knows where
     it waits.
     """
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return ""  # never imported: no event loop runs (and no need to import it here)
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:

@@ -13,28 +13,63 @@ not finished in time. Servers here wake at the earliest deadline rather than
 polling, and signal only the process that armed the timer.
 """
 
-from pytest_expire.timer.api import (
-    RequestQueue,
-    TimerClient,
-    TimerRequest,
-    TimerServer,
-    configure,
-    expires,
-)
-from pytest_expire.timer.file_based_local_timer import (
-    FileTimerClient,
-    FileTimerRequest,
-    FileTimerServer,
-)
-from pytest_expire.timer.local_timer import (
-    LocalTimerClient,
-    LocalTimerServer,
-    MultiprocessingRequestQueue,
-)
-from pytest_expire.timer.unix_socket_timer import (
-    UnixSocketTimerClient,
-    UnixSocketTimerServer,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_expire.timer.api import (
+        RequestQueue,
+        TimerClient,
+        TimerRequest,
+        TimerServer,
+        configure,
+        expires,
+    )
+    from pytest_expire.timer.file_based_local_timer import (
+        FileTimerClient,
+        FileTimerRequest,
+        FileTimerServer,
+    )
+    from pytest_expire.timer.local_timer import (
+        LocalTimerClient,
+        LocalTimerServer,
+        MultiprocessingRequestQueue,
+    )
+    from pytest_expire.timer.unix_socket_timer import (
+        UnixSocketTimerClient,
+        UnixSocketTimerServer,
+    )
+
+# Each name is imported from its module when first used: the pytest plugin
+# needs only the socket pair, and every pytest session imports the plugin.
+_MODULES = {
+    "RequestQueue": "api",
+    "TimerClient": "api",
+    "TimerRequest": "api",
+    "TimerServer": "api",
+    "configure": "api",
+    "expires": "api",
+    "FileTimerClient": "file_based_local_timer",
+    "FileTimerRequest": "file_based_local_timer",
+    "FileTimerServer": "file_based_local_timer",
+    "LocalTimerClient": "local_timer",
+    "LocalTimerServer": "local_timer",
+    "MultiprocessingRequestQueue": "local_timer",
+    "UnixSocketTimerClient": "unix_socket_timer",
+    "UnixSocketTimerServer": "unix_socket_timer",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "FileTimerClient",
