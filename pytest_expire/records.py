@@ -206,16 +206,21 @@ def report_from_record(
         assert isinstance(report, pytest.TestReport)
         return report
     when, duration, start, stop = recorded
+    return item_report(item, when, "passed", duration=duration, start=start, stop=stop)
+
+
+def item_report(
+    item: pytest.Item, when: str, outcome: str, longrepr: str | None = None, **fields: Any
+) -> pytest.TestReport:
+    """A report of ``item`` made outside of its run, as pytest would have made it."""
     return pytest.TestReport(
         item.nodeid,
         item.location,
         keywords=dict.fromkeys(item.keywords, 1),
-        outcome="passed",
-        longrepr=None,
+        outcome=outcome,  # type: ignore[arg-type]
+        longrepr=longrepr,
         when=when,  # type: ignore[arg-type]
-        duration=duration,
-        start=start,
-        stop=stop,
+        **fields,
     )
 
 

@@ -26,6 +26,7 @@ from _pytest.terminal import TerminalReporter
 from pytest_expire.records import (
     RecordWriter,
     TestRecord,
+    item_report,
     report_from_record,
     warning_from_record,
 )
@@ -130,15 +131,7 @@ def _killed_report(
             f"({signal.Signals(test.killed_by).name}); the session went on in a new one"
         )
         sections = []
-    return pytest.TestReport(
-        item.nodeid,
-        item.location,
-        keywords=dict.fromkeys(item.keywords, 1),
-        outcome="failed",
-        longrepr=message,
-        when=phase,  # type: ignore[arg-type]
-        sections=sections,
-    )
+    return item_report(item, phase, "failed", message, sections=sections)
 
 
 @contextmanager

@@ -1,4 +1,18 @@
-"""Test code shared by the plugin's tests: hangs that no interrupt ends."""
+"""Test code shared by the plugin's tests: hangs that no interrupt ends, and waiting for them."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+def wait_until_exists(path: Path, seconds: float) -> None:
+    """Wait for a file a test in another session writes once it has started."""
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared: the test never started"
+        time.sleep(0.05)
+
 
 HOLD_THE_GIL_FOREVER = """
 import ctypes

@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 
 import psutil
 import pytest
-from snippets import ARGS, FOLLOWER, HOLD_THE_GIL_FOREVER
+from snippets import ARGS, FOLLOWER, HOLD_THE_GIL_FOREVER, wait_until_exists
 
 
 def test_c_code_holding_the_gil_is_killed_and_reported(pytester: pytest.Pytester) -> None:
@@ -163,10 +163,7 @@ def test_nothing_outlives_a_session_killed_with_sigkill(pytester: pytest.Pyteste
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not started.exists():
-            assert time.monotonic() < deadline, "the test never started"
-            time.sleep(0.05)
+        wait_until_exists(started, 30)
         descendants = psutil.Process(session.pid).children(recursive=True)
         assert len(descendants) >= 2  # the watchdog and the worker at least
         session.send_signal(signal.SIGKILL)

@@ -11,12 +11,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import xml.etree.ElementTree as ET
 
 import psutil
 import pytest
-from snippets import ARGS, FOLLOWER, HOLD_THE_GIL_FOREVER
+from snippets import ARGS, FOLLOWER, HOLD_THE_GIL_FOREVER, wait_until_exists
 
 HANGS = HOLD_THE_GIL_FOREVER + textwrap.dedent(
     """
@@ -130,10 +129,7 @@ def test_ctrl_c_reaches_the_worker_which_reports_the_interruption(
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not started.exists():
-            assert time.monotonic() < deadline, "the test never started"
-            time.sleep(0.05)
+        wait_until_exists(started, 60)
         descendants = psutil.Process(session.pid).children(recursive=True)
         os.killpg(session.pid, signal.SIGINT)
         output, _ = session.communicate(timeout=60)
