@@ -98,7 +98,9 @@ class ExpirePlugin:
         # Owned by this process: its watchdog, when this process started one.
         self.watchdog: SessionWatchdog | None = None
         self._client: WatchdogClient | None = None
-        self._directory: Path | None = None
+        # The directory shared with the watchdog, once connected to it.
+        self.directory: Path | None = None
+        self._per_test = _PerTest(self)
 
     def pytest_report_header(self) -> str:
         return self.settings.describe()
@@ -106,8 +108,13 @@ class ExpirePlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         # Once per test, here: a bad marker is a usage error before any test runs.
+        armed = self.settings.default is not None
         for item in items:
-            item.stash[DEADLINE] = deadline_for(item, self.settings)
+            seconds = item.stash[DEADLINE] = deadline_for(item, self.settings)
+            armed = armed or seconds is not None
+        # A session in which no test has a deadline pays nothing per test.
+        if armed and not self.config.pluginmanager.is_registered(self._per_test):
+            self.config.pluginmanager.register(self._per_test, f"{PLUGIN_NAME}-tests")
 
     def pytest_unconfigure(self) -> None:
         if self._client is not None:
@@ -116,7 +123,7 @@ class ExpirePlugin:
         if self.watchdog is not None:
             self.watchdog.stop()
 
-    def _connect(self) -> WatchdogClient:
+    def connect(self) -> WatchdogClient:
         """The watchdog: this process's (or its supervisor's), a parent's, or a new one."""
         if self._client is None:
             address = os.environ.get(ADDRESS_ENV)
@@ -133,29 +140,11 @@ class ExpirePlugin:
                 address, directory = self.watchdog.address, str(self.watchdog.directory)
             assert address is not None and directory is not None
             self._client = WatchdogClient(address)
-            self._directory = Path(directory)
-            stacks.register(self._directory)
+            self.directory = Path(directory)
+            stacks.register(self.directory)
             interrupt.on_debugger = self._disarm
             interrupt.install()
         return self._client
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
-        try:
-            seconds = item.stash[DEADLINE]
-        except KeyError:  # an item that no collection hook saw
-            seconds = deadline_for(item, self.settings)
-        if seconds is None:
-            return (yield)
-        client = self._connect()
-        expiration = time.time() + seconds
-        interrupt.current = interrupt.Deadline(item.nodeid, seconds, expiration)
-        client.arm(item.nodeid, expiration, self.settings.grace)
-        try:
-            return (yield)
-        finally:
-            client.disarm(item.nodeid)
-            interrupt.current = None
 
     def pytest_enter_pdb(self) -> None:
         """A test in the debugger has no deadline: someone is looking at it."""
@@ -176,6 +165,37 @@ class ExpirePlugin:
             deadline.paused = False
             self._client.arm(deadline.nodeid, deadline.expiration_time, self.settings.grace)
 
+    def diagnosis(self, deadline: interrupt.Deadline) -> str:
+        assert self.directory is not None
+        parts = [read_diagnosis(self.directory, deadline.nodeid)]
+        parts.extend(f"asyncio tasks:\n{note}" for note in deadline.notes)
+        return "\n".join(part for part in parts if part)
+
+
+class _PerTest:
+    """The hooks that run for every test: registered only if some test has a deadline."""
+
+    def __init__(self, plugin: ExpirePlugin) -> None:
+        self.plugin = plugin
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
+        try:
+            seconds = item.stash[DEADLINE]
+        except KeyError:  # an item that no collection hook saw
+            seconds = deadline_for(item, self.plugin.settings)
+        if seconds is None:
+            return (yield)
+        client = self.plugin.connect()
+        expiration = time.time() + seconds
+        interrupt.current = interrupt.Deadline(item.nodeid, seconds, expiration)
+        client.arm(item.nodeid, expiration, self.plugin.settings.grace)
+        try:
+            return (yield)
+        finally:
+            client.disarm(item.nodeid)
+            interrupt.current = None
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # First, so that every reporter (and an xdist worker's relay) sees it.
@@ -184,17 +204,11 @@ class ExpirePlugin:
             deadline is not None
             and deadline.expired_in == report.when
             and deadline.nodeid == report.nodeid
-            and self._directory
+            and self.plugin.directory
         ):
             report.sections.append(
                 (
                     f"expired: {report.nodeid} after {format_seconds(deadline.seconds)}",
-                    self._diagnosis(deadline),
+                    self.plugin.diagnosis(deadline),
                 )
             )
-
-    def _diagnosis(self, deadline: interrupt.Deadline) -> str:
-        assert self._directory is not None
-        parts = [read_diagnosis(self._directory, deadline.nodeid)]
-        parts.extend(f"asyncio tasks:\n{note}" for note in deadline.notes)
-        return "\n".join(part for part in parts if part)

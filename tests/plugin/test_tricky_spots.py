@@ -140,6 +140,27 @@ def test_a_test_without_a_deadline_starts_no_watchdog(
     result.assert_outcomes(passed=1)
 
 
+@pytest.mark.parametrize(("marker", "per_test"), [("", False), ("@pytest.mark.expires(30)", True)])
+def test_per_test_hooks_only_when_some_test_has_a_deadline(
+    pytester: pytest.Pytester, marker: str, per_test: bool
+) -> None:
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        {marker}
+        def test_first(pytestconfig):
+            hooks = pytestconfig.pluginmanager.get_plugin("expire-session-tests")
+            assert (hooks is not None) is {per_test}
+
+        def test_second():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=2)
+
+
 def test_the_watchdog_address_is_in_the_environment(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
