@@ -235,11 +235,7 @@ def test_an_interrupt_waits_until_it_lands_outside_pytest(pytester: pytest.Pytes
                 pass
         """
     )
-    result = pytester.runpytest_subprocess(timeout=60)
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(
-        [">*while time.monotonic() < end:  # the interrupt lands here", "*(in call)*"]
-    )
+    assert_interrupted_where_marked(pytester.runpytest_subprocess(timeout=60))
 
 
 def test_an_interrupt_never_lands_in_a_hook_between_phases(pytester: pytest.Pytester) -> None:
@@ -269,8 +265,13 @@ def test_an_interrupt_never_lands_in_a_hook_between_phases(pytester: pytest.Pyte
         """
     )
     result = pytester.runpytest_subprocess(timeout=60)
+    assert_interrupted_where_marked(result)
+    result.stdout.no_fnmatch_line("*INTERNALERROR*")
+
+
+def assert_interrupted_where_marked(result: pytest.RunResult) -> None:
+    """The one test failed in its call, at the line marked "the interrupt lands here"."""
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [">*while time.monotonic() < end:  # the interrupt lands here", "*(in call)*"]
     )
-    result.stdout.no_fnmatch_line("*INTERNALERROR*")
