@@ -104,6 +104,8 @@ __all__ = [
     "TimerServerError",
     "UnixSocketTimerClient",
     "UnixSocketTimerServer",
+    "encode_acquire",
+    "encode_release",
     "format_address",
     "parse_address",
 ]
@@ -120,6 +122,7 @@ _MAX_PATH_BYTES = 107
 # One request on the pipe: total length, op, expiration time, signal; then the scope.
 _HEADER = struct.Struct("<HBdi")
 _HEADER_SIZE = _HEADER.size
+_LENGTH = struct.Struct("<H")
 _MAX_MESSAGE = select.PIPE_BUF
 #: The longest scope, in UTF-8 bytes, that fits one atomic pipe write.
 MAX_SCOPE_BYTES = _MAX_MESSAGE - _HEADER_SIZE
@@ -211,6 +214,51 @@ def _encode_acquire(scope: bytes, expiration_time: float, signum: int) -> bytes:
 
 def _encode_release(scope: bytes) -> bytes:
     return _HEADER.pack(_HEADER_SIZE + len(scope), _RELEASE, _RELEASE_TIME, 0) + scope
+
+
+def encode_acquire(scope_id: str, expiration_time: float, signum: int) -> bytes:
+    """An acquire request, for :meth:`UnixSocketTimerClient.write_requests`.
+
+    Checked as :meth:`UnixSocketTimerClient.acquire_many` checks a timer,
+    except that a negative time is an error here, not a release.
+    """
+    scope = scope_id.encode()
+    if (
+        type(expiration_time) is not float
+        or not expiration_time >= 0.0
+        or type(signum) is not int
+        or not 0 <= signum < signal.NSIG
+        or len(scope) > MAX_SCOPE_BYTES
+    ):
+        _check_signal(signum)
+        checked = _check_expiration(expiration_time)
+        if checked is None:
+            raise ValueError(f"expiration_time must be >= 0, got {expiration_time!r}")
+        if len(scope) > MAX_SCOPE_BYTES:
+            raise ValueError(_too_long(scope_id, scope))
+        expiration_time = checked
+    return _encode_acquire(scope, expiration_time, int(signum))
+
+
+def encode_release(scope_id: str) -> bytes:
+    """A release request, for :meth:`UnixSocketTimerClient.write_requests`."""
+    scope = scope_id.encode()
+    if len(scope) > MAX_SCOPE_BYTES:
+        raise ValueError(_too_long(scope_id, scope))
+    return _encode_release(scope)
+
+
+def _split_requests(requests: bytes) -> list[bytes]:
+    """Encoded requests one by one (each starts with its length)."""
+    parts = []
+    start = 0
+    while start < len(requests):
+        (length,) = _LENGTH.unpack_from(requests, start)
+        if length < _HEADER_SIZE or start + length > len(requests):
+            raise ValueError("requests must be made by encode_acquire and encode_release")
+        parts.append(requests[start : start + length])
+        start += length
+    return parts
 
 
 class _Decoded(NamedTuple):
@@ -417,6 +465,25 @@ class UnixSocketTimerClient(TimerClient):
                 message = _encode_release(scope)
             messages.append(message)
         self._send_all(messages)
+
+    def write_requests(self, requests: bytes, earliest: float = math.inf) -> None:
+        """Write requests made by :func:`encode_acquire` and :func:`encode_release`.
+
+        The cheapest way to arm and release, for a caller that arms the same
+        way over and over (the pytest plugin, for every test): encoded as it
+        goes, written in one system call, in order. ``earliest`` is the
+        earliest expiration time among the acquires: the server is woken if
+        it would sleep past it. Up to ``select.PIPE_BUF`` bytes go in one
+        atomic write; more are written request by request.
+        """
+        if len(requests) <= _MAX_MESSAGE:
+            conn = self._send(requests)
+        else:
+            conn = self._conn or self._connect()
+            for request in _split_requests(requests):
+                conn = self._send(request)
+        if earliest < conn.wake[0]:
+            self._poke(conn)
 
     def _release_message(self, scope_id: str) -> bytes:
         message = self._releases.get(scope_id)

@@ -10,6 +10,7 @@ import math
 import multiprocessing
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -406,6 +407,78 @@ def test_a_batch_too_big_for_one_write_still_arrives(server: UnixSocketTimerServ
         env_of(server),
     )
     assert result.returncode == -signal.SIGKILL, result.stderr
+
+
+def test_encoded_requests_arm_and_release_in_order_in_one_write(
+    sleepy_server: UnixSocketTimerServer,
+) -> None:
+    """write_requests: releases and acquires as encoded, in order; a near one wakes the server.
+
+    The server sleeps up to 60 s, so the kill comes in time only if the
+    write woke it.
+    """
+    result = run_python(
+        """
+        signal.signal(signal.SIGUSR1, lambda *_: print("usr1", flush=True))
+        client = UnixSocketTimerClient.from_env()
+        started = time.time()
+        client.write_requests(ust.encode_acquire("released", started + 0.2, signal.SIGKILL))
+        client.write_requests(
+            ust.encode_release("released")
+            + ust.encode_acquire("test", started + 0.2, signal.SIGUSR1)
+            + ust.encode_acquire("test [kill]", started + 0.6, signal.SIGKILL),
+            started + 0.2,
+        )
+        time.sleep(0.4)
+        print("alive", flush=True)
+        time.sleep(30)
+        """,
+        env_of(sleepy_server),
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert result.stdout == "usr1\nalive\n"
+
+
+def test_encoded_requests_too_big_for_one_write_arrive_whole(
+    thread_server: UnixSocketTimerServer,
+) -> None:
+    client = UnixSocketTimerClient(thread_server.address)
+    far = time.time() + 60
+    scopes = [str(i) * ust.MAX_SCOPE_BYTES for i in range(3)]
+    client.write_requests(b"".join(ust.encode_acquire(s, far, signal.SIGKILL) for s in scopes))
+    client.write_requests(ust.encode_acquire("last", far, 0), far)
+    wait_until(lambda: len(thread_server._timers) == 4)
+    client.write_requests(b"".join(ust.encode_release(s) for s in [*scopes, "last"]))
+    wait_until(lambda: len(thread_server._timers) == 0)
+
+
+@pytest.mark.parametrize(
+    ("timer", "error", "message"),
+    [
+        (("scope", 1.0, "9"), TypeError, "signal must be an int"),
+        (("scope", 1.0, signal.NSIG), ValueError, "is not a signal number"),
+        (("scope", "soon", signal.SIGKILL), TypeError, "expiration_time must be a number"),
+        (("scope", math.nan, signal.SIGKILL), ValueError, "got NaN"),
+        (("scope", -1.0, signal.SIGKILL), ValueError, "must be >= 0"),
+        (("x" * (ust.MAX_SCOPE_BYTES + 1), 1.0, signal.SIGKILL), ValueError, "at most"),
+    ],
+)
+def test_encode_acquire_checks_its_timer(
+    timer: tuple[str, float, int], error: type, message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        ust.encode_acquire(*timer)
+
+
+def test_encode_release_and_write_requests_refuse_what_they_cannot_send(
+    thread_server: UnixSocketTimerServer,
+) -> None:
+    with pytest.raises(ValueError, match="at most"):
+        ust.encode_release("x" * (ust.MAX_SCOPE_BYTES + 1))
+    client = UnixSocketTimerClient(thread_server.address)
+    garbage = b"\xff" * (select.PIPE_BUF + 1)
+    with pytest.raises(ValueError, match="encode_acquire and encode_release"):
+        client.write_requests(garbage)
 
 
 @pytest.mark.parametrize(
