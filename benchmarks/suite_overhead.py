@@ -49,7 +49,10 @@ Suites
 function-scoped yield fixture from ``conftest.py``. Modules of 500 tests.
 Each suite exists in two sizes (``--sizes``, default 500 and 5,000 tests;
 ``--quick``: 30 and 300, plain only). Every suite is run once, untimed,
-before the measurements, so that its bytecode is compiled and cached.
+before the measurements, so that its bytecode is compiled and cached; the
+runs never see ``PYTHONDONTWRITEBYTECODE`` (some CI images set it), which
+would have every run compile the suite and the plugin anew, as no
+installed package and no second run of a suite does.
 
 Whole-run overhead
 ------------------
@@ -465,7 +468,7 @@ class Runner:
             key: value
             for key, value in os.environ.items()
             if not key.startswith("PYTEST_")  # PYTEST_ADDOPTS, PYTEST_EXPIRE_*, ...
-            and key not in ("PYTHONPATH", TIMING_ENV, PER_TEST_ENV)
+            and key not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE", TIMING_ENV, PER_TEST_ENV)
         }
         self.env["TMPDIR"] = str(self.tmp)
         self.env["PYTHONPATH"] = str(self.plugins)

@@ -5,8 +5,8 @@ to its process. The handler raises :class:`Expired` in the main thread, so
 the test fails where it hangs, with that frame in its traceback, and its
 fixtures tear down. A signal makes blocking calls (sleep, lock and queue
 waits, socket reads) return to Python, so this works for every hang that
-Python code can still notice. A real-time signal is used because tests
-replace the handlers of SIGINT, SIGALRM and SIGTERM, but not these.
+Python code can still notice. A real-time signal is used (see ``signals``)
+because tests replace the handlers of SIGINT, SIGALRM and SIGTERM.
 
 The handler acts only while a test phase runs (it finds the phase on the
 stack, so tracking it costs a test nothing) and only if that test's own
@@ -36,7 +36,7 @@ from types import FrameType
 from _pytest.outcomes import Failed
 from _pytest.runner import CallInfo
 
-INTERRUPT_SIGNAL = signal.SIGRTMIN + 7
+from pytest_expire.signals import INTERRUPT_SIGNAL
 
 # The watchdog and this process read the same clock; this covers rounding.
 _CLOCK_SLACK = 0.01

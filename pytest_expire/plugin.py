@@ -157,6 +157,11 @@ class ExpirePlugin:
         if self._client is not None:
             self._client.disarm(deadline.nodeid)
 
+    def release_pending(self) -> None:
+        """Release the timers of the tests that ended (see ``WatchdogClient``)."""
+        if self._client is not None:
+            self._client.release_pending()
+
     def pytest_leave_pdb(self) -> None:
         """Back from the debugger, the test gets its whole deadline again."""
         deadline = interrupt.current
@@ -185,6 +190,8 @@ class _PerTest:
         except KeyError:  # an item that no collection hook saw
             seconds = deadline_for(item, self.plugin.settings)
         if seconds is None:
+            # The timers an earlier test left armed must not reach this one.
+            self.plugin.release_pending()
             return (yield)
         client = self.plugin.connect()
         expiration = time.time() + seconds
@@ -193,8 +200,16 @@ class _PerTest:
         try:
             return (yield)
         finally:
-            client.disarm(item.nodeid)
+            client.release_later(item.nodeid)
             interrupt.current = None
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self) -> Generator[None, object, object]:
+        try:
+            return (yield)
+        finally:
+            # No test follows whose arm would release the last one's timers.
+            self.plugin.release_pending()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

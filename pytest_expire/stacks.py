@@ -27,10 +27,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-import psutil
-
-# Real-time signals: test code hardly ever uses them, unlike SIGUSR1/2.
-DUMP_SIGNAL = signal.SIGRTMIN + 6
+from pytest_expire.signals import DUMP_SIGNAL
 
 # How long a dump may take to appear, and how long the file must stay
 # unchanged to count as complete.
@@ -41,12 +38,24 @@ _registered: tuple[Path, IO[str]] | None = None
 
 
 def dump_file(directory: Path, pid: int) -> Path | None:
-    """The dump file of process ``pid`` in ``directory``; None if there is no such process."""
+    """The dump file of process ``pid`` in ``directory``; None if there is no such process.
+
+    Named after the PID and the process's start time, so that a process
+    that reuses the PID of a registered one is not taken for it.
+    """
+    started = _start_time(pid)
+    return None if started is None else directory / f"stacks-{pid}-{started}.txt"
+
+
+def _start_time(pid: int) -> str | None:
+    """When ``pid`` started, in clock ticks after boot: field 22 of ``/proc/PID/stat``."""
     try:
-        started = psutil.Process(pid).create_time()
-    except psutil.Error:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            line = stat.read()
+    except OSError:  # no such process
         return None
-    return directory / f"stacks-{pid}-{started:.2f}.txt"
+    # The command name (field 2, in parentheses) may hold spaces and parentheses.
+    return line[line.rindex(b")") + 2 :].split()[19].decode()
 
 
 def register(directory: Path) -> None:

@@ -23,6 +23,7 @@ some test has a deadline.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -114,6 +115,12 @@ class Supervisor:
         for attempt in range(len(session.items) + 1):
             records = watchdog.directory / f"records-{attempt}.bin"
             _flush_standard_streams()
+            # What the session holds now (its tests, modules, fixtures) lives as
+            # long as the worker: out of reach of the worker's garbage
+            # collections, which would otherwise walk all of it again and
+            # again, copying each page it touches out of the memory shared
+            # with this process.
+            gc.freeze()
             pid = os.fork()
             if pid == 0:
                 signal.signal(signal.SIGINT, interrupt_handler)

@@ -1,4 +1,4 @@
-"""The session's watchdog: a timer server in a process of its own, and what it does at a deadline.
+"""The session's watchdog as the pytest processes see it: started, reached, stopped.
 
 One watchdog per session, started by the process the user started. It must
 act while the test's process is wedged (in C code that holds the GIL, say),
@@ -8,16 +8,19 @@ environment, so every process of the session can reach it.
 
 A test arms two timers (:class:`WatchdogClient`): at its deadline the
 *interrupt* timer, whose expiry first collects the stacks of the test's
-process and of every process it started (:class:`Diagnose`), then sends
-:data:`~pytest_expire.interrupt.INTERRUPT_SIGNAL`; a grace period later the
+process and of every process it started (``diagnose``), then sends
+:data:`~pytest_expire.signals.INTERRUPT_SIGNAL`; a grace period later the
 *kill* timer, whose expiry kills what the test started and then the test's
 process. A test that ends in time releases both.
+
+This module is imported by every pytest process of a session, so it imports
+neither pytest (the watchdog process imports it too, and starts faster
+without) nor what only the watchdog needs (psutil, py-spy).
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import select
 import shutil
@@ -27,20 +30,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-import psutil
-
-from pytest_expire import native_stacks, stacks
-from pytest_expire.interrupt import INTERRUPT_SIGNAL
-from pytest_expire.timer.file_based_local_timer import FileTimerRequest
+from pytest_expire.signals import INTERRUPT_SIGNAL
 from pytest_expire.timer.unix_socket_timer import (
     ADDRESS_ENV,
     UnixSocketTimerClient,
+    encode_acquire,
+    encode_release,
     format_address,
 )
 
-logger = logging.getLogger(__name__)
-
-_KILL_SUFFIX = " [kill]"
+#: What the scope of a test's kill timer adds to the scope of its interrupt timer.
+KILL_SUFFIX = " [kill]"
 
 #: Where the processes of a session find the directory they share with its watchdog.
 DIRECTORY_ENV = "PYTEST_EXPIRE_DIRECTORY"
@@ -56,76 +56,6 @@ _READY_TIMEOUT = 30.0
 _STOP_TIMEOUT = 2.0
 
 
-class Diagnose:
-    """What the watchdog does when a test's timer expires, before the signal is sent.
-
-    Runs in the watchdog process. At the interrupt, the stacks of the test's process and of its
-    descendants are collected and written where the test's process will read
-    them into its report; at the kill, the descendants are killed first, so
-    none is orphaned when the test's process dies.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def __call__(self, pid: int, timers: list[FileTimerRequest]) -> str | None:
-        interrupts = [timer.scope_id for timer in timers if timer.signal == INTERRUPT_SIGNAL]
-        kills = [
-            timer.scope_id.removesuffix(_KILL_SUFFIX)
-            for timer in timers
-            if timer.scope_id.endswith(_KILL_SUFFIX)
-        ]
-        if not (interrupts or kills):
-            return None
-        text = self.stacks_of_tree(pid)
-        for scope in interrupts:
-            _write_atomically(diagnosis_path(self.directory, scope), text)
-        for scope in kills:
-            _write_atomically(diagnosis_path(self.directory, scope, killed=True), text)
-        if kills:
-            notice = (
-                f"pytest-expire: {', '.join(kills)} did not end after its interrupt; killing it"
-            )
-            # Supervised, the stacks go into the test's report; otherwise this
-            # is the last the user hears of the session.
-            print(
-                notice if is_supervised(self.directory) else f"{notice}. Its stacks:\n{text}",
-                file=sys.stderr,
-                flush=True,
-            )
-            for process in reversed(self._tree(pid)[1:]):
-                _kill(process)
-        return text
-
-    def stacks_of_tree(self, pid: int) -> str:
-        """The stacks of ``pid`` and of every process it started, as one text."""
-        tree = self._tree(pid)
-        if not tree:
-            return f"process {pid} is gone\n"
-        dumps = stacks.collect(self.directory, [process.pid for process in tree])
-        dumps.update(native_stacks.dump([p.pid for p in tree if p.pid not in dumps]))
-        unregistered = (
-            "(no stacks: this process did not register for dumps; "
-            "with py-spy installed, it is read from outside)\n"
-        )
-        parts = [
-            f"--- process {process.pid}: {_command_line(process)} ---\n"
-            f"{dumps.get(process.pid, unregistered)}"
-            for process in tree
-        ]
-        return "\n".join(parts)
-
-    def _tree(self, pid: int) -> list[psutil.Process]:
-        """``pid`` and its descendants, less the session's own helper processes."""
-        try:
-            root = psutil.Process(pid)
-            tree = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return []
-        helpers = {os.getpid(), *_read_pids(helpers_path(self.directory))}
-        return [process for process in tree if process.pid not in helpers]
-
-
 def diagnosis_path(directory: Path, scope: str, killed: bool = False) -> Path:
     """Where the stacks taken at the interrupt (or the kill) of test ``scope`` are written."""
     digest = hashlib.sha1(scope.encode(), usedforsecurity=False).hexdigest()[:20]
@@ -137,19 +67,6 @@ def read_diagnosis(directory: Path, scope: str, killed: bool = False) -> str:
         return diagnosis_path(directory, scope, killed).read_text(encoding="utf-8")
     except FileNotFoundError:
         return ""
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_suffix(".partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
-
-
-def _command_line(process: psutil.Process) -> str:
-    try:
-        return " ".join(process.cmdline()) or process.name()
-    except psutil.Error:
-        return "?"
 
 
 def mark_supervised(directory: Path) -> None:
@@ -164,30 +81,6 @@ def is_supervised(directory: Path) -> bool:
 def helpers_path(directory: Path) -> Path:
     """Where the session lists its own processes (the watchdog's), never diagnosed or killed."""
     return directory / "helpers.pids"
-
-
-def _read_pids(path: Path) -> list[int]:
-    try:
-        return [int(word) for word in path.read_text().split()]
-    except (FileNotFoundError, ValueError):
-        return []
-
-
-def _kill(process: psutil.Process) -> None:
-    """SIGKILL ``process`` through a pidfd, so a reused PID is never hit."""
-    try:
-        pidfd = os.pidfd_open(process.pid)
-    except OSError:
-        return
-    try:
-        # The pidfd is of the process psutil listed only if that still runs
-        # with the same start time.
-        if process.is_running():
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-    except OSError:
-        pass
-    finally:
-        os.close(pidfd)
 
 
 class SessionWatchdog:
@@ -267,24 +160,47 @@ def socket_path(directory: Path) -> Path:
 
 
 class WatchdogClient:
-    """A test process's link to the watchdog: arms and disarms a test's two timers.
+    """A test process's link to the watchdog: arms and releases a test's two timers.
 
-    Both go in one message each way: one system call to arm, one to disarm.
+    A test's timers are armed in one write to the watchdog's pipe. Their
+    release waits for the next write: the next test's arm carries it, so a
+    test costs one system call, not two. Until then the ended test's timers
+    stay armed, which is harmless: its interrupt finds no test of its own
+    to fail (see ``interrupt``), and its kill is a grace period after its
+    deadline, long after the next test has armed. Whatever waits is released
+    by :meth:`release_pending`, which the plugin calls once no test follows
+    (the session ends, or a test runs without a deadline).
     """
 
     def __init__(self, address: str) -> None:
         self._client = UnixSocketTimerClient(address, signal=INTERRUPT_SIGNAL)
+        # The release requests of ended tests whose timers are still armed.
+        self._pending = b""
 
     def arm(self, scope: str, expiration_time: float, grace: float) -> None:
-        self._client.acquire_many(
-            (
-                (scope, expiration_time, INTERRUPT_SIGNAL),
-                (scope + _KILL_SUFFIX, expiration_time + grace, signal.SIGKILL),
-            )
+        """Arm the timers of test ``scope``, releasing those of ended tests in the same write."""
+        requests = (
+            self._pending
+            + encode_acquire(scope, expiration_time, INTERRUPT_SIGNAL)
+            + encode_acquire(scope + KILL_SUFFIX, expiration_time + grace, signal.SIGKILL)
         )
+        self._pending = b""
+        self._client.write_requests(requests, expiration_time)
+
+    def release_later(self, scope: str) -> None:
+        """Test ``scope`` ended: release its timers with the next write."""
+        self._pending += encode_release(scope) + encode_release(scope + KILL_SUFFIX)
+
+    def release_pending(self) -> None:
+        """Release now the timers of the ended tests."""
+        if self._pending:
+            requests, self._pending = self._pending, b""
+            self._client.write_requests(requests)
 
     def disarm(self, scope: str) -> None:
-        self._client.release_many((scope, scope + _KILL_SUFFIX))
+        """Release the timers of test ``scope`` now (it went to a debugger, say)."""
+        self.release_later(scope)
+        self.release_pending()
 
     def close(self) -> None:
         self._client.close()

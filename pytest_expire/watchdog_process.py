@@ -21,9 +21,10 @@ import signal
 import sys
 from pathlib import Path
 
+from pytest_expire.diagnose import Diagnose
 from pytest_expire.timer._watchdog import die_with_parent
 from pytest_expire.timer.unix_socket_timer import UnixSocketTimerServer, format_address
-from pytest_expire.watchdog import READY, Diagnose, socket_path
+from pytest_expire.watchdog import READY, socket_path
 
 
 def main(argv: list[str]) -> None:

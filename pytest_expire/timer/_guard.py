@@ -17,6 +17,10 @@ identifying afresh only when its pidfd has become readable. The pidfds sit in
 an epoll set: one ``epoll_wait`` per batch of requests finds the workers that
 exited, however many are known, and remembering a known PID is then a
 dictionary lookup instead of a system call per request.
+
+psutil is imported by the two methods that use it, not here: a client
+process imports this module with its server's (they share a module) and
+should not pay for psutil's import, which is most of theirs.
 """
 
 from __future__ import annotations
@@ -26,8 +30,6 @@ import logging
 import os
 import select
 import signal
-
-import psutil
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +206,8 @@ class ReapGuard:
             )
             return True
         if _has_exited(pidfd):
+            import psutil
+
             if psutil.pid_exists(pid):
                 logger.warning(
                     "refusing to signal %d: the worker that armed the timer has exited "
@@ -235,6 +239,8 @@ class ReapGuard:
     def _may_signal(self, pid: int) -> bool:
         if pid == self.host_pid or pid in self._admitted:
             return True
+        import psutil
+
         # Up the parent chain until the host or init: one step for a direct child.
         try:
             while pid > 1:

@@ -6,23 +6,25 @@ on such a process runs in a process of its own, started with
 ``start(process=True)``. That process dies with the one that started it, ignores
 the terminal's Ctrl-C (the user's interrupt is for pytest, which still needs its
 watchdog while it tears down), and cleans up after itself when stopped.
+
+``multiprocessing`` and ``ctypes`` are imported where they are used: a
+client process imports this module with its server's, and needs neither.
 """
 
 from __future__ import annotations
 
 import abc
-import ctypes
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import signal
 import sys
 import threading
-from multiprocessing.context import BaseContext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psutil
+if TYPE_CHECKING:
+    import multiprocessing.connection
+    import multiprocessing.process
+    from multiprocessing.context import BaseContext
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ class Watchdog(abc.ABC):
         return _STOP_TIMEOUT
 
     def _default_mp_context(self) -> BaseContext:
+        import multiprocessing
+
         return multiprocessing.get_context("spawn")
 
     @property
@@ -107,6 +111,8 @@ class Watchdog(abc.ABC):
         if mp_context is None:
             context = self._default_mp_context()
         elif isinstance(mp_context, str):
+            import multiprocessing
+
             context = multiprocessing.get_context(mp_context)
         else:
             context = mp_context
@@ -201,8 +207,20 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 def die_with_parent(parent_pid: int, signum: int) -> None:
     """Have the kernel send ``signum`` when the parent dies (Linux), so nothing is orphaned."""
     if sys.platform.startswith("linux"):
+        import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signum)
-    if not psutil.pid_exists(parent_pid):
+    if not _exists(parent_pid):
         # The parent died before the request above took effect.
         raise SystemExit(0)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True

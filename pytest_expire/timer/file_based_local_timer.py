@@ -27,12 +27,10 @@ server (or was admitted). The client waits out a full pipe.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import json
 import logging
 import math
-import multiprocessing
 import os
 import re
 import select
@@ -41,11 +39,8 @@ import threading
 import time
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii
-from multiprocessing.context import BaseContext
 from signal import NSIG, SIGKILL
-from typing import Any, cast
-
-import psutil
+from typing import TYPE_CHECKING, Any, cast
 
 from pytest_expire.timer._guard import ReapGuard
 from pytest_expire.timer._table import (
@@ -57,6 +52,9 @@ from pytest_expire.timer._table import (
 from pytest_expire.timer._watchdog import Watchdog
 from pytest_expire.timer.api import _REAP_RETRY_INTERVAL, TimerClient, TimerRequest
 from pytest_expire.timer.debug_info_logging import log_debug_info_for_expired_timers
+
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
 
 __all__ = ["FileTimerClient", "FileTimerRequest", "FileTimerServer"]
 
@@ -511,6 +509,11 @@ class FileTimerServer(Watchdog):
         self._guard = ReapGuard()
         self._init_watchdog(daemon)
         self._started = False
+        # Imported here: the Unix-socket pair imports this module for its
+        # requests, and its clients need neither.
+        import ctypes
+        import multiprocessing
+
         # Written where the watchdog runs, read wherever the server object is.
         self._progress = multiprocessing.RawValue(ctypes.c_double, 0.0)
         self._fifo_id: tuple[int, int] | None = None
@@ -592,6 +595,8 @@ class FileTimerServer(Watchdog):
         """Whether process ``pid`` exists and has not exited (a zombie has)."""
         if type(pid) is not int or pid <= 0:
             return False
+        import psutil
+
         try:
             return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
         except psutil.AccessDenied:

@@ -43,6 +43,60 @@ def test_an_interrupt_never_lands_in_the_next_test(pytester: pytest.Pytester) ->
     assert all("test_pair" in nodeid for nodeid in expired), expired
 
 
+def test_an_ended_tests_timers_never_reach_a_test_without_a_deadline(
+    pytester: pytest.Pytester,
+) -> None:
+    # A test's timers are released with the next test's arm; a test without a
+    # deadline arms nothing, so it must release them itself, or the first
+    # test's kill (0.3 + 0.3 s after it started) would end the second.
+    pytester.makepyfile(
+        """
+        import time
+        import pytest
+
+        @pytest.mark.expires(0.3)
+        def test_quick():
+            pass
+
+        def test_slow_without_deadline():
+            time.sleep(1.5)
+        """
+    )
+    result = pytester.runpytest_subprocess("--expire-grace=0.3", timeout=60)
+    result.assert_outcomes(passed=2)
+    assert "killed" not in result.stdout.str() + result.stderr.str()
+
+
+def test_the_last_tests_timers_never_reach_the_end_of_the_session(
+    pytester: pytest.Pytester,
+) -> None:
+    # After the last test (or the test -x stops at) nothing arms again: its
+    # timers must be released before the session's slow end.
+    pytester.makepyfile(
+        """
+        def test_fails():
+            assert False
+
+        def test_never_runs():
+            pass
+        """
+    )
+    pytester.makeconftest(
+        """
+        import time
+
+        def pytest_sessionfinish():
+            time.sleep(1.5)
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "--expire-default=0.3", "--expire-grace=0.3", "-x", timeout=60
+    )
+    result.assert_outcomes(failed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert "killed" not in result.stdout.str() + result.stderr.str()
+
+
 def test_a_forked_child_dumps_its_own_stacks(pytester: pytest.Pytester) -> None:
     child_pid_file = pytester.path / "child.pid"
     pytester.makepyfile(

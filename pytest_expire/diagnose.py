@@ -1,0 +1,127 @@
+"""What the watchdog does at a deadline: collect the stacks of a test's processes, kill them.
+
+Runs in the watchdog process only (``watchdog_process``), called by its
+timer server when a test's timers expire, before the server sends their
+signal (see ``watchdog`` for the two timers of a test).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import psutil
+
+from pytest_expire import native_stacks, stacks
+from pytest_expire.signals import INTERRUPT_SIGNAL
+from pytest_expire.timer.file_based_local_timer import FileTimerRequest
+from pytest_expire.watchdog import KILL_SUFFIX, diagnosis_path, helpers_path, is_supervised
+
+
+class Diagnose:
+    """What the watchdog does when a test's timer expires, before the signal is sent.
+
+    Runs in the watchdog process. At the interrupt, the stacks of the test's process and of its
+    descendants are collected and written where the test's process will read
+    them into its report; at the kill, the descendants are killed first, so
+    none is orphaned when the test's process dies.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def __call__(self, pid: int, timers: list[FileTimerRequest]) -> str | None:
+        interrupts = [timer.scope_id for timer in timers if timer.signal == INTERRUPT_SIGNAL]
+        kills = [
+            timer.scope_id.removesuffix(KILL_SUFFIX)
+            for timer in timers
+            if timer.scope_id.endswith(KILL_SUFFIX)
+        ]
+        if not (interrupts or kills):
+            return None
+        text = self.stacks_of_tree(pid)
+        for scope in interrupts:
+            _write_atomically(diagnosis_path(self.directory, scope), text)
+        for scope in kills:
+            _write_atomically(diagnosis_path(self.directory, scope, killed=True), text)
+        if kills:
+            notice = (
+                f"pytest-expire: {', '.join(kills)} did not end after its interrupt; killing it"
+            )
+            # Supervised, the stacks go into the test's report; otherwise this
+            # is the last the user hears of the session.
+            print(
+                notice if is_supervised(self.directory) else f"{notice}. Its stacks:\n{text}",
+                file=sys.stderr,
+                flush=True,
+            )
+            for process in reversed(self._tree(pid)[1:]):
+                _kill(process)
+        return text
+
+    def stacks_of_tree(self, pid: int) -> str:
+        """The stacks of ``pid`` and of every process it started, as one text."""
+        tree = self._tree(pid)
+        if not tree:
+            return f"process {pid} is gone\n"
+        dumps = stacks.collect(self.directory, [process.pid for process in tree])
+        dumps.update(native_stacks.dump([p.pid for p in tree if p.pid not in dumps]))
+        unregistered = (
+            "(no stacks: this process did not register for dumps; "
+            "with py-spy installed, it is read from outside)\n"
+        )
+        parts = [
+            f"--- process {process.pid}: {_command_line(process)} ---\n"
+            f"{dumps.get(process.pid, unregistered)}"
+            for process in tree
+        ]
+        return "\n".join(parts)
+
+    def _tree(self, pid: int) -> list[psutil.Process]:
+        """``pid`` and its descendants, less the session's own helper processes."""
+        try:
+            root = psutil.Process(pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+        helpers = {os.getpid(), *_read_pids(helpers_path(self.directory))}
+        return [process for process in tree if process.pid not in helpers]
+
+
+def _read_pids(path: Path) -> list[int]:
+    try:
+        return [int(word) for word in path.read_text().split()]
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
+
+
+def _command_line(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline()) or process.name()
+    except psutil.Error:
+        return "?"
+
+
+def _kill(process: psutil.Process) -> None:
+    """SIGKILL ``process`` through a pidfd, so a reused PID is never hit."""
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except OSError:
+        return
+    try:
+        # The pidfd is of the process psutil listed only if that still runs
+        # with the same start time.
+        if process.is_running():
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except OSError:
+        pass
+    finally:
+        os.close(pidfd)
