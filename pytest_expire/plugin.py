@@ -36,6 +36,7 @@ from pytest_expire.watchdog import (
     WatchdogClient,
     read_diagnosis,
 )
+from pytest_expire.worker import WorkerPlugin
 from pytest_expire.xdist_support import CrashReporter, is_controller
 
 PLUGIN_NAME = "expire-session"
@@ -100,6 +101,8 @@ class ExpirePlugin:
         self._client: WatchdogClient | None = None
         # The directory shared with the watchdog, once connected to it.
         self.directory: Path | None = None
+        #: In a supervised worker: what records each test for the supervisor.
+        self.recorder: WorkerPlugin | None = None
         self._per_test = _PerTest(self)
 
     def pytest_report_header(self) -> str:
@@ -189,6 +192,8 @@ class _PerTest:
             seconds = item.stash[DEADLINE]
         except KeyError:  # an item that no collection hook saw
             seconds = deadline_for(item, self.plugin.settings)
+        if self.plugin.recorder is not None:
+            self.plugin.recorder.test_started(item, seconds)
         if seconds is None:
             # The timers an earlier test left armed must not reach this one.
             self.plugin.release_pending()
@@ -213,7 +218,8 @@ class _PerTest:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # First, so that every reporter (and an xdist worker's relay) sees it.
+        # First, so that every reporter (and an xdist worker's relay, and
+        # the worker's records) sees the stacks.
         deadline = interrupt.current
         if (
             deadline is not None
@@ -227,3 +233,5 @@ class _PerTest:
                     self.plugin.diagnosis(deadline),
                 )
             )
+        if self.plugin.recorder is not None:
+            self.plugin.recorder.test_reported(report)

@@ -36,7 +36,7 @@ import pytest
 from pytest_expire.records import TestRecord, read_records
 from pytest_expire.settings import DEADLINE
 from pytest_expire.watchdog import SessionWatchdog, mark_supervised
-from pytest_expire.worker import become_worker
+from pytest_expire.worker import become_worker, run_the_rest
 
 if TYPE_CHECKING:
     from pytest_expire.plugin import ExpirePlugin
@@ -124,9 +124,13 @@ class Supervisor:
             pid = os.fork()
             if pid == 0:
                 signal.signal(signal.SIGINT, interrupt_handler)
-                return become_worker(
+                self.plugin.recorder = become_worker(
                     session, records, history, watchdog.directory, self.grace, supervisor_pid
                 )
+                if not history:
+                    return None  # pytest's loop runs the tests
+                run_the_rest(session)
+                return True
             status = _wait(pid)
             if os.WIFEXITED(status):
                 self._end(watchdog, os.WEXITSTATUS(status))

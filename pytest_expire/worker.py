@@ -30,13 +30,19 @@ from pytest_expire.records import (
     report_from_record,
     warning_from_record,
 )
-from pytest_expire.settings import DEADLINE, format_seconds
+from pytest_expire.settings import format_seconds
 from pytest_expire.timer._watchdog import die_with_parent
 from pytest_expire.watchdog import read_diagnosis
 
 
 class WorkerPlugin:
-    """Records a worker's tests for its supervisor."""
+    """Records a worker's tests for its supervisor.
+
+    The per-test records are written from the plugin's own per-test hooks
+    (``plugin._PerTest``), which call :meth:`test_started` and
+    :meth:`test_reported`: one hook implementation fewer for pytest to call
+    three times a test.
+    """
 
     def __init__(self, config: pytest.Config, records: Path, index: dict[int, int]) -> None:
         self._writer = RecordWriter(records, config)
@@ -45,15 +51,14 @@ class WorkerPlugin:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         self._reporter = reporter if isinstance(reporter, TerminalReporter) else None
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_protocol(self, item: pytest.Item) -> None:
-        self._writer.started(self._index[id(item)], item.stash.get(DEADLINE, None))
+    def test_started(self, item: pytest.Item, seconds: float | None) -> None:
+        self._writer.started(self._index[id(item)], seconds)
         # Before the test can hang: what the terminal was shown must not die
         # in a buffer with the worker (a no-op where pytest flushed already).
         if self._reporter is not None:
             self._reporter.flush()
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+    def test_reported(self, report: pytest.TestReport) -> None:
         self._writer.report(report)
 
     def pytest_warning_recorded(
@@ -166,13 +171,10 @@ def become_worker(
     directory: Path,
     grace: float,
     supervisor_pid: int,
-) -> bool | None:
-    """In a just-forked worker: die with the supervisor, record what happens, run the tests.
+) -> WorkerPlugin:
+    """In a just-forked worker: die with the supervisor, replay the history; the recorder.
 
-    The first worker lets pytest run its loop (returns None). A later one
-    replays the tests that ran before it and then runs the rest itself
-    (returns True), as pytest's loop does: pytest's would take the failures
-    just replayed for collection errors.
+    The plugin's per-test hooks record each test with the recorder returned.
     """
     # Killed with its supervisor, even by SIGKILL: a worker left running a
     # hung test would have no watchdog.
@@ -180,17 +182,22 @@ def become_worker(
     index = {id(item): position for position, item in enumerate(session.items)}
     if history:
         replay(session, history, directory, grace)
-    session.config.pluginmanager.register(
-        WorkerPlugin(session.config, records, index), "expire-worker"
-    )
-    if not history:
-        return None
+    recorder = WorkerPlugin(session.config, records, index)
+    session.config.pluginmanager.register(recorder, "expire-worker")
+    return recorder
+
+
+def run_the_rest(session: pytest.Session) -> None:
+    """Run the tests a replay left, as pytest's loop does.
+
+    pytest's own loop would take the failures just replayed for collection
+    errors, so a worker with a history runs its tests itself.
+    """
     items = session.items
     for position, item in enumerate(items):
         nextitem = items[position + 1] if position + 1 < len(items) else None
         item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
         _stop_if_asked(session)
-    return True
 
 
 def _stop_if_asked(session: pytest.Session) -> None:
