@@ -26,7 +26,9 @@ class Diagnose:
     Runs in the watchdog process. At the interrupt, the stacks of the test's process and of its
     descendants are collected and written where the test's process will read
     them into its report; at the kill, the descendants are killed first, so
-    none is orphaned when the test's process dies.
+    none is orphaned when the test's process dies. A test killed is mostly
+    stuck in C code, where its Python stacks end at the call into it: at the
+    kill, the native frames of the test's process are collected as well.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -41,7 +43,7 @@ class Diagnose:
         ]
         if not (interrupts or kills):
             return None
-        text = self.stacks_of_tree(pid)
+        text = self.stacks_of_tree(pid, native=bool(kills))
         for scope in interrupts:
             _write_atomically(diagnosis_path(self.directory, scope), text)
         for scope in kills:
@@ -61,20 +63,29 @@ class Diagnose:
                 _kill(process)
         return text
 
-    def stacks_of_tree(self, pid: int) -> str:
-        """The stacks of ``pid`` and of every process it started, as one text."""
+    def stacks_of_tree(self, pid: int, native: bool = False) -> str:
+        """The stacks of ``pid`` and of every process it started, as one text.
+
+        With ``native``, the native frames of ``pid`` too: py-spy pauses it to
+        read them, which only a process about to be killed can afford.
+        """
         tree = self._tree(pid)
         if not tree:
             return f"process {pid} is gone\n"
-        dumps = stacks.collect(self.directory, [process.pid for process in tree])
-        dumps.update(native_stacks.dump([p.pid for p in tree if p.pid not in dumps]))
+        pids = [process.pid for process in tree]
+        dumps = stacks.collect(self.directory, pids)
+        spied = native_stacks.dump(
+            [p for p in pids if p not in dumps], native=[pid] if native else []
+        )
         unregistered = (
             "(no stacks: this process did not register for dumps; "
             "with py-spy installed, it is read from outside)\n"
         )
+        # A process's own dump first, then what py-spy read of it.
+        texts = {p: dumps.get(p, "") + spied.get(p, "") for p in dumps.keys() | spied.keys()}
         parts = [
             f"--- process {process.pid}: {_command_line(process)} ---\n"
-            f"{dumps.get(process.pid, unregistered)}"
+            f"{texts.get(process.pid, unregistered)}"
             for process in tree
         ]
         return "\n".join(parts)
