@@ -1,9 +1,15 @@
-"""Test code shared by the plugin's tests: hangs that no interrupt ends, and waiting for them."""
+"""Test code the plugin's tests share: hangs no interrupt ends, waiting, probing py-spy."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from pathlib import Path
+
+import pytest
+
+from pytest_expire import native_stacks
 
 
 def wait_until_exists(path: Path, seconds: float) -> None:
@@ -33,3 +39,22 @@ def test_still_runs():
 """
 
 ARGS = ("--expire-default=0.5", "--expire-grace=0.5")
+
+
+def skip_unless_py_spy_reads_processes() -> None:
+    """Skip where py-spy is missing or may not ptrace (a container, Yama's ptrace_scope)."""
+    py_spy = native_stacks.find_py_spy()
+    if py_spy is None:
+        pytest.skip("py-spy is not installed (the native extra)")
+    # py-spy reads its parent, not a descendant, as the watchdog's reads the test's process:
+    # Yama's ptrace_scope 1 refuses both alike.
+    probe = subprocess.run(
+        [py_spy, "dump", "--native", "--pid", str(os.getpid())],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if probe.returncode != 0:
+        reason = (probe.stderr or probe.stdout).strip().partition("\n")[0]
+        pytest.skip(f"py-spy cannot read a process here: {reason}")

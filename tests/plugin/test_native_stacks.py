@@ -13,34 +13,15 @@ import subprocess
 import textwrap
 
 import pytest
-from snippets import ARGS, FOLLOWER, HOLD_THE_GIL_FOREVER
+from snippets import ARGS, FOLLOWER, HOLD_THE_GIL_FOREVER, skip_unless_py_spy_reads_processes
 
 from pytest_expire import native_stacks
-
-
-def _skip_unless_py_spy_reads_processes() -> None:
-    """Skip where py-spy is missing or may not ptrace (a container, Yama's ptrace_scope)."""
-    py_spy = native_stacks.find_py_spy()
-    if py_spy is None:
-        pytest.skip("py-spy is not installed (the native extra)")
-    # py-spy reads its parent, not a descendant, as the watchdog's reads the test's process:
-    # Yama's ptrace_scope 1 refuses both alike.
-    probe = subprocess.run(
-        [py_spy, "dump", "--native", "--pid", str(os.getpid())],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if probe.returncode != 0:
-        reason = (probe.stderr or probe.stdout).strip().partition("\n")[0]
-        pytest.skip(f"py-spy cannot read a process here: {reason}")
 
 
 def test_c_code_holding_the_gil_is_reported_with_its_native_frames(
     pytester: pytest.Pytester,
 ) -> None:
-    _skip_unless_py_spy_reads_processes()
+    skip_unless_py_spy_reads_processes()
     pytester.makepyfile(
         test_suite=HOLD_THE_GIL_FOREVER
         + textwrap.dedent(
@@ -67,7 +48,7 @@ def test_c_code_holding_the_gil_is_reported_with_its_native_frames(
 
 
 def test_native_frames_are_not_read_at_the_interrupt(pytester: pytest.Pytester) -> None:
-    _skip_unless_py_spy_reads_processes()
+    skip_unless_py_spy_reads_processes()
     pytester.makepyfile(
         test_suite="""
         import time

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-
-from pytest_expire import native_stacks
+from snippets import skip_unless_py_spy_reads_processes
 
 
 def test_an_interrupt_never_lands_in_the_next_test(pytester: pytest.Pytester) -> None:
@@ -133,8 +132,7 @@ def test_a_forked_child_dumps_its_own_stacks(pytester: pytest.Pytester) -> None:
 def test_a_started_subprocess_is_read_from_outside(pytester: pytest.Pytester) -> None:
     # Not forked, so not registered for dumps: py-spy (the native extra)
     # reads its stacks through ptrace.
-    if native_stacks.find_py_spy() is None:
-        pytest.skip("py-spy is not installed (the native extra)")
+    skip_unless_py_spy_reads_processes()
     pytester.makepyfile(
         """
         import subprocess, sys, time
