@@ -15,9 +15,14 @@ from pathlib import Path
 import psutil
 
 from pytest_expire import native_stacks, stacks
-from pytest_expire.signals import INTERRUPT_SIGNAL
 from pytest_expire.timer.file_based_local_timer import FileTimerRequest
-from pytest_expire.watchdog import KILL_SUFFIX, diagnosis_path, helpers_path, is_supervised
+from pytest_expire.watchdog import (
+    INTERRUPT_SCOPE,
+    KILL_SCOPE,
+    diagnosis_path,
+    helpers_path,
+    is_supervised,
+)
 
 
 class Diagnose:
@@ -35,22 +40,18 @@ class Diagnose:
         self.directory = directory
 
     def __call__(self, pid: int, timers: list[FileTimerRequest]) -> str | None:
-        interrupts = [timer.scope_id for timer in timers if timer.signal == INTERRUPT_SIGNAL]
-        kills = [
-            timer.scope_id.removesuffix(KILL_SUFFIX)
-            for timer in timers
-            if timer.scope_id.endswith(KILL_SUFFIX)
-        ]
-        if not (interrupts or kills):
+        scopes = {timer.scope_id for timer in timers}
+        interrupted, killed = INTERRUPT_SCOPE in scopes, KILL_SCOPE in scopes
+        if not (interrupted or killed):
             return None
-        text = self.stacks_of_tree(pid, native=bool(kills))
-        for scope in interrupts:
-            _write_atomically(diagnosis_path(self.directory, scope), text)
-        for scope in kills:
-            _write_atomically(diagnosis_path(self.directory, scope, killed=True), text)
-        if kills:
+        text = self.stacks_of_tree(pid, native=killed)
+        if interrupted:
+            _write_atomically(diagnosis_path(self.directory, pid), text)
+        if killed:
+            _write_atomically(diagnosis_path(self.directory, pid, killed=True), text)
             notice = (
-                f"pytest-expire: {', '.join(kills)} did not end after its interrupt; killing it"
+                f"pytest-expire: the test running in process {pid} did not end after its "
+                "interrupt; killing it"
             )
             # Supervised, the stacks go into the test's report; otherwise this
             # is the last the user hears of the session.

@@ -80,7 +80,7 @@ current: Deadline | None = None
 _sending = threading.Lock()
 #: Told (from the handler) that a debugger is attached to the expired test,
 #: which from then on has no deadline: someone is looking at it.
-on_debugger: Callable[[Deadline], None] | None = None
+on_debugger: Callable[[], None] | None = None
 
 
 def install() -> None:
@@ -105,7 +105,7 @@ def _on_interrupt(signum: int, frame: FrameType | None) -> None:
     if _debugger_attached():
         deadline.paused = True
         if on_debugger is not None:
-            on_debugger(deadline)
+            on_debugger()
         return
     phase = None if _is_internal(frame) else _phase_of(frame)
     if phase is None:

@@ -35,6 +35,7 @@ from pytest_expire.watchdog import (
     SessionWatchdog,
     WatchdogClient,
     read_diagnosis,
+    xdist_worker_path,
 )
 from pytest_expire.worker import WorkerPlugin
 from pytest_expire.xdist_support import CrashReporter, is_controller
@@ -144,8 +145,14 @@ class ExpirePlugin:
             assert address is not None and directory is not None
             self._client = WatchdogClient(address)
             self.directory = Path(directory)
+            workerinput = getattr(self.config, "workerinput", None)
+            if workerinput is not None:
+                # For the controller, which learns of a kill only as a crash of this worker.
+                xdist_worker_path(self.directory, workerinput["workerid"]).write_text(
+                    str(os.getpid())
+                )
             stacks.register(self.directory)
-            interrupt.on_debugger = self._disarm
+            interrupt.on_debugger = self.disarm
             interrupt.install()
         return self._client
 
@@ -154,16 +161,12 @@ class ExpirePlugin:
         deadline = interrupt.current
         if deadline is not None and not deadline.paused:
             deadline.paused = True
-            self._disarm(deadline)
+            self.disarm()
 
-    def _disarm(self, deadline: interrupt.Deadline) -> None:
+    def disarm(self) -> None:
+        """Release this process's timers, if any are armed (see ``WatchdogClient``)."""
         if self._client is not None:
-            self._client.disarm(deadline.nodeid)
-
-    def release_pending(self) -> None:
-        """Release the timers of the tests that ended (see ``WatchdogClient``)."""
-        if self._client is not None:
-            self._client.release_pending()
+            self._client.disarm()
 
     def pytest_leave_pdb(self) -> None:
         """Back from the debugger, the test gets its whole deadline again."""
@@ -171,11 +174,11 @@ class ExpirePlugin:
         if deadline is not None and self._client is not None and deadline.paused:
             deadline.expiration_time = time.time() + deadline.seconds
             deadline.paused = False
-            self._client.arm(deadline.nodeid, deadline.expiration_time, self.settings.grace)
+            self._client.arm(deadline.expiration_time, self.settings.grace)
 
     def diagnosis(self, deadline: interrupt.Deadline) -> str:
         assert self.directory is not None
-        parts = [read_diagnosis(self.directory, deadline.nodeid)]
+        parts = [read_diagnosis(self.directory, os.getpid())]
         parts.extend(f"asyncio tasks:\n{note}" for note in deadline.notes)
         return "\n".join(part for part in parts if part)
 
@@ -196,16 +199,16 @@ class _PerTest:
             self.plugin.recorder.test_started(item, seconds)
         if seconds is None:
             # The timers an earlier test left armed must not reach this one.
-            self.plugin.release_pending()
+            self.plugin.disarm()
             return (yield)
         client = self.plugin.connect()
         expiration = time.time() + seconds
         interrupt.current = interrupt.Deadline(item.nodeid, seconds, expiration)
-        client.arm(item.nodeid, expiration, self.plugin.settings.grace)
+        client.arm(expiration, self.plugin.settings.grace)
         try:
             return (yield)
         finally:
-            client.release_later(item.nodeid)
+            # The timers stay armed until the next test arms them again.
             interrupt.current = None
 
     @pytest.hookimpl(wrapper=True)
@@ -213,8 +216,8 @@ class _PerTest:
         try:
             return (yield)
         finally:
-            # No test follows whose arm would release the last one's timers.
-            self.plugin.release_pending()
+            # No test follows to arm the last one's timers again.
+            self.plugin.disarm()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

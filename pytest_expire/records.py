@@ -59,8 +59,10 @@ class TestRecord:
     #: Passed reports as tuples, the others as pytest_report_to_serializable's dicts.
     reports: list[PassedReport | dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
-    #: Set by the supervisor when the worker died in this test: the signal.
+    #: Set by the supervisor when the worker died in this test: the signal,
     killed_by: int | None = None
+    #: and the stacks the watchdog took when it killed the worker (if it did).
+    stacks: str = ""
 
     @property
     def finished(self) -> bool:

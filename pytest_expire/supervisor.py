@@ -35,7 +35,7 @@ import pytest
 
 from pytest_expire.records import TestRecord, read_records
 from pytest_expire.settings import DEADLINE
-from pytest_expire.watchdog import SessionWatchdog, mark_supervised
+from pytest_expire.watchdog import SessionWatchdog, mark_supervised, read_diagnosis
 from pytest_expire.worker import become_worker, run_the_rest
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class Supervisor:
             if pid == 0:
                 signal.signal(signal.SIGINT, interrupt_handler)
                 self.plugin.recorder = become_worker(
-                    session, records, history, watchdog.directory, self.grace, supervisor_pid
+                    session, records, history, self.grace, supervisor_pid
                 )
                 if not history:
                     return None  # pytest's loop runs the tests
@@ -148,6 +148,7 @@ class Supervisor:
                 )
             else:
                 tests[-1].killed_by = os.WTERMSIG(status)
+                tests[-1].stacks = read_diagnosis(watchdog.directory, pid, killed=True)
             history.extend(tests)
         raise AssertionError("every test was killed, and the session still did not end")
 

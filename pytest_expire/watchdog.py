@@ -11,7 +11,9 @@ A test arms two timers (:class:`WatchdogClient`): at its deadline the
 process and of every process it started (``diagnose``), then sends
 :data:`~pytest_expire.signals.INTERRUPT_SIGNAL`; a grace period later the
 *kill* timer, whose expiry kills what the test started and then the test's
-process. A test that ends in time releases both.
+process. The two timers are the process's, not the test's: the next test
+arms them again, which replaces them. The watchdog writes the stacks it
+took where the process that ran the test finds them, by its PID.
 
 This module is imported by every pytest process of a session, so it imports
 neither pytest (the watchdog process imports it too, and starts faster
@@ -20,7 +22,6 @@ without) nor what only the watchdog needs (psutil, py-spy).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import select
 import shutil
@@ -34,13 +35,12 @@ from pytest_expire.signals import INTERRUPT_SIGNAL
 from pytest_expire.timer.unix_socket_timer import (
     ADDRESS_ENV,
     UnixSocketTimerClient,
-    encode_acquire,
-    encode_release,
     format_address,
 )
 
-#: What the scope of a test's kill timer adds to the scope of its interrupt timer.
-KILL_SUFFIX = " [kill]"
+#: The scopes of the two timers a test process arms for its running test.
+INTERRUPT_SCOPE = "test"
+KILL_SCOPE = "test [kill]"
 
 #: Where the processes of a session find the directory they share with its watchdog.
 DIRECTORY_ENV = "PYTEST_EXPIRE_DIRECTORY"
@@ -56,17 +56,30 @@ _READY_TIMEOUT = 30.0
 _STOP_TIMEOUT = 2.0
 
 
-def diagnosis_path(directory: Path, scope: str, killed: bool = False) -> Path:
-    """Where the stacks taken at the interrupt (or the kill) of test ``scope`` are written."""
-    digest = hashlib.sha1(scope.encode(), usedforsecurity=False).hexdigest()[:20]
-    return directory / f"{'killed' if killed else 'interrupted'}-{digest}.txt"
+def diagnosis_path(directory: Path, pid: int, killed: bool = False) -> Path:
+    """Where the stacks taken at the interrupt (or the kill) of process ``pid``'s test go."""
+    return directory / f"{'killed' if killed else 'interrupted'}-{pid}.txt"
 
 
-def read_diagnosis(directory: Path, scope: str, killed: bool = False) -> str:
+def read_diagnosis(directory: Path, pid: int, killed: bool = False) -> str:
+    """The stacks taken at the last interrupt (or the kill) of process ``pid``'s test.
+
+    The file of a kill is removed once read: a later process with the same
+    PID must not find it.
+    """
+    path = diagnosis_path(directory, pid, killed)
     try:
-        return diagnosis_path(directory, scope, killed).read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return ""
+    if killed:
+        path.unlink(missing_ok=True)
+    return text
+
+
+def xdist_worker_path(directory: Path, workerid: str) -> Path:
+    """Where the xdist worker ``workerid`` leaves its PID, for the controller to read its kill."""
+    return directory / f"xdist-{workerid}.pid"
 
 
 def mark_supervised(directory: Path) -> None:
@@ -160,47 +173,36 @@ def socket_path(directory: Path) -> Path:
 
 
 class WatchdogClient:
-    """A test process's link to the watchdog: arms and releases a test's two timers.
+    """A test process's link to the watchdog: arms a test's two timers, one write a test.
 
-    A test's timers are armed in one write to the watchdog's pipe. Their
-    release waits for the next write: the next test's arm carries it, so a
-    test costs one system call, not two. Until then the ended test's timers
-    stay armed, which is harmless: its interrupt finds no test of its own
-    to fail (see ``interrupt``), and its kill is a grace period after its
-    deadline, long after the next test has armed. Whatever waits is released
-    by :meth:`release_pending`, which the plugin calls once no test follows
-    (the session ends, or a test runs without a deadline).
+    The timers are prepared once (``UnixSocketTimerClient.prepare``) and
+    armed again for each test, which replaces them: no release between two
+    tests. Until the next arm an ended test's timers stay armed, which is
+    harmless: its interrupt finds no test of its own to fail (see
+    ``interrupt``), and its kill comes a grace period after its deadline,
+    long after the next test has armed. :meth:`disarm` releases them when
+    no arm follows (the session ends, a test runs without a deadline, a
+    debugger takes over).
     """
 
     def __init__(self, address: str) -> None:
-        self._client = UnixSocketTimerClient(address, signal=INTERRUPT_SIGNAL)
-        # The release requests of ended tests whose timers are still armed.
-        self._pending = b""
-
-    def arm(self, scope: str, expiration_time: float, grace: float) -> None:
-        """Arm the timers of test ``scope``, releasing those of ended tests in the same write."""
-        requests = (
-            self._pending
-            + encode_acquire(scope, expiration_time, INTERRUPT_SIGNAL)
-            + encode_acquire(scope + KILL_SUFFIX, expiration_time + grace, signal.SIGKILL)
+        client = UnixSocketTimerClient(address, signal=INTERRUPT_SIGNAL)
+        self._timers = client.prepare(
+            [(INTERRUPT_SCOPE, INTERRUPT_SIGNAL), (KILL_SCOPE, signal.SIGKILL)]
         )
-        self._pending = b""
-        self._client.write_requests(requests, expiration_time)
+        self._client = client
+        self._armed = False
 
-    def release_later(self, scope: str) -> None:
-        """Test ``scope`` ended: release its timers with the next write."""
-        self._pending += encode_release(scope) + encode_release(scope + KILL_SUFFIX)
+    def arm(self, expiration_time: float, grace: float) -> None:
+        """Interrupt the test at ``expiration_time``, kill its process ``grace`` seconds later."""
+        self._timers.acquire(expiration_time, expiration_time + grace)
+        self._armed = True
 
-    def release_pending(self) -> None:
-        """Release now the timers of the ended tests."""
-        if self._pending:
-            requests, self._pending = self._pending, b""
-            self._client.write_requests(requests)
-
-    def disarm(self, scope: str) -> None:
-        """Release the timers of test ``scope`` now (it went to a debugger, say)."""
-        self.release_later(scope)
-        self.release_pending()
+    def disarm(self) -> None:
+        """Release the timers, if armed."""
+        if self._armed:
+            self._armed = False
+            self._timers.release()
 
     def close(self) -> None:
         self._client.close()

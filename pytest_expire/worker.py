@@ -32,7 +32,6 @@ from pytest_expire.records import (
 )
 from pytest_expire.settings import format_seconds
 from pytest_expire.timer._watchdog import die_with_parent
-from pytest_expire.watchdog import read_diagnosis
 
 
 class WorkerPlugin:
@@ -72,9 +71,7 @@ class WorkerPlugin:
         self._writer.close()
 
 
-def replay(
-    session: pytest.Session, history: list[TestRecord], directory: Path, grace: float
-) -> None:
+def replay(session: pytest.Session, history: list[TestRecord], grace: float) -> None:
     """Report the tests earlier workers ran, as they reported them; drop them from the run.
 
     A test whose worker was killed (``killed_by`` set) is reported as the
@@ -85,9 +82,9 @@ def replay(
     with _quiet_terminal(session.config):
         for item, test in before:
             _replay_start(item, test)
-            _replay_end(item, test, directory, grace)
+            _replay_end(item, test, grace)
         _replay_start(*last)
-    _replay_end(*last, directory, grace)
+    _replay_end(*last, grace)
     del session.items[: len(history)]
     _stop_if_asked(session)
 
@@ -110,26 +107,23 @@ def _replay_start(item: pytest.Item, test: TestRecord) -> None:
         hook.pytest_runtest_logreport(report=report_from_record(recorded, item, item.config))
 
 
-def _replay_end(item: pytest.Item, test: TestRecord, directory: Path, grace: float) -> None:
+def _replay_end(item: pytest.Item, test: TestRecord, grace: float) -> None:
     """The test's end: how its worker died, if it died in it."""
     if test.killed_by is not None:
-        item.ihook.pytest_runtest_logreport(report=_killed_report(item, test, directory, grace))
+        item.ihook.pytest_runtest_logreport(report=_killed_report(item, test, grace))
     item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
 
 
-def _killed_report(
-    item: pytest.Item, test: TestRecord, directory: Path, grace: float
-) -> pytest.TestReport:
+def _killed_report(item: pytest.Item, test: TestRecord, grace: float) -> pytest.TestReport:
     assert test.killed_by is not None
     phase = test.phase_reached()
-    stacks = read_diagnosis(directory, item.nodeid, killed=True)
-    if stacks:
+    if test.stacks:
         seconds = format_seconds(test.seconds) if test.seconds is not None else "its deadline"
         message = (
             f"{item.nodeid} expired after {seconds} (in {phase}); it did not stop when "
             f"interrupted and its process was killed {format_seconds(grace)} later"
         )
-        sections = [(f"expired: {item.nodeid} after {seconds}", stacks)]
+        sections = [(f"expired: {item.nodeid} after {seconds}", test.stacks)]
     else:
         message = (
             f"{item.nodeid}: its process died in {phase} "
@@ -168,7 +162,6 @@ def become_worker(
     session: pytest.Session,
     records: Path,
     history: list[TestRecord],
-    directory: Path,
     grace: float,
     supervisor_pid: int,
 ) -> WorkerPlugin:
@@ -181,7 +174,7 @@ def become_worker(
     die_with_parent(supervisor_pid, signal.SIGKILL)
     index = {id(item): position for position, item in enumerate(session.items)}
     if history:
-        replay(session, history, directory, grace)
+        replay(session, history, grace)
     recorder = WorkerPlugin(session.config, records, index)
     session.config.pluginmanager.register(recorder, "expire-worker")
     return recorder

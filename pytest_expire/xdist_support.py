@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_expire.watchdog import SessionWatchdog, mark_supervised, read_diagnosis
+from pytest_expire.watchdog import (
+    SessionWatchdog,
+    mark_supervised,
+    read_diagnosis,
+    xdist_worker_path,
+)
 
 
 def is_controller(config: pytest.Config) -> bool:
@@ -34,7 +39,7 @@ class CrashReporter:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport) -> None:
-        stacks = read_diagnosis(self.directory, crashitem, killed=True)
+        stacks = self._stacks_at_kill(report)
         if not stacks:
             return  # a crash of its own, not one of ours
         report.longrepr = (
@@ -42,3 +47,15 @@ class CrashReporter:
             f"killed its worker ({report.longrepr})"
         )
         report.sections.append((f"expired: {crashitem}", stacks))
+
+    def _stacks_at_kill(self, report: pytest.TestReport) -> str:
+        """The stacks the watchdog took when it killed the crashed worker, if it did."""
+        # xdist's crash report names the worker; the worker left its PID for us.
+        workerinput = getattr(getattr(report, "node", None), "workerinput", None)
+        if not isinstance(workerinput, dict) or "workerid" not in workerinput:
+            return ""
+        try:
+            pid = int(xdist_worker_path(self.directory, workerinput["workerid"]).read_text())
+        except (FileNotFoundError, ValueError):
+            return ""  # the worker died before its first deadline: not killed by us
+        return read_diagnosis(self.directory, pid, killed=True)

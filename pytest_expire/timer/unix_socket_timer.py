@@ -88,7 +88,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
 from pytest_expire.timer import debug_info_logging
@@ -101,11 +101,10 @@ from pytest_expire.timer.file_based_local_timer import FileTimerRequest
 __all__ = [
     "ADDRESS_ENV",
     "MAX_SCOPE_BYTES",
+    "PreparedTimers",
     "TimerServerError",
     "UnixSocketTimerClient",
     "UnixSocketTimerServer",
-    "encode_acquire",
-    "encode_release",
     "format_address",
     "parse_address",
 ]
@@ -122,7 +121,6 @@ _MAX_PATH_BYTES = 107
 # One request on the pipe: total length, op, expiration time, signal; then the scope.
 _HEADER = struct.Struct("<HBdi")
 _HEADER_SIZE = _HEADER.size
-_LENGTH = struct.Struct("<H")
 _MAX_MESSAGE = select.PIPE_BUF
 #: The longest scope, in UTF-8 bytes, that fits one atomic pipe write.
 MAX_SCOPE_BYTES = _MAX_MESSAGE - _HEADER_SIZE
@@ -216,51 +214,6 @@ def _encode_release(scope: bytes) -> bytes:
     return _HEADER.pack(_HEADER_SIZE + len(scope), _RELEASE, _RELEASE_TIME, 0) + scope
 
 
-def encode_acquire(scope_id: str, expiration_time: float, signum: int) -> bytes:
-    """An acquire request, for :meth:`UnixSocketTimerClient.write_requests`.
-
-    Checked as :meth:`UnixSocketTimerClient.acquire_many` checks a timer,
-    except that a negative time is an error here, not a release.
-    """
-    scope = scope_id.encode()
-    if (
-        type(expiration_time) is not float
-        or not expiration_time >= 0.0
-        or type(signum) is not int
-        or not 0 <= signum < signal.NSIG
-        or len(scope) > MAX_SCOPE_BYTES
-    ):
-        _check_signal(signum)
-        checked = _check_expiration(expiration_time)
-        if checked is None:
-            raise ValueError(f"expiration_time must be >= 0, got {expiration_time!r}")
-        if len(scope) > MAX_SCOPE_BYTES:
-            raise ValueError(_too_long(scope_id, scope))
-        expiration_time = checked
-    return _encode_acquire(scope, expiration_time, int(signum))
-
-
-def encode_release(scope_id: str) -> bytes:
-    """A release request, for :meth:`UnixSocketTimerClient.write_requests`."""
-    scope = scope_id.encode()
-    if len(scope) > MAX_SCOPE_BYTES:
-        raise ValueError(_too_long(scope_id, scope))
-    return _encode_release(scope)
-
-
-def _split_requests(requests: bytes) -> list[bytes]:
-    """Encoded requests one by one (each starts with its length)."""
-    parts = []
-    start = 0
-    while start < len(requests):
-        (length,) = _LENGTH.unpack_from(requests, start)
-        if length < _HEADER_SIZE or start + length > len(requests):
-            raise ValueError("requests must be made by encode_acquire and encode_release")
-        parts.append(requests[start : start + length])
-        start += length
-    return parts
-
-
 class _Decoded(NamedTuple):
     """What :func:`_decode` found at the start of a pipe's bytes."""
 
@@ -342,6 +295,61 @@ class _ClientConnection:
                     _close(fd)
 
     __del__ = close
+
+
+class PreparedTimers:
+    """Timers of fixed scopes and signals, armed again and again with new expiration times.
+
+    Made by :meth:`UnixSocketTimerClient.prepare`. The scopes are encoded
+    and checked once; :meth:`acquire` then packs the times into the
+    requests and writes them in one system call. Arming a scope again
+    replaces its timer, as ``acquire`` does, so a caller that arms the same
+    timers for every task (the pytest plugin, for every test) never needs
+    to release in between. :meth:`release` releases them all in one write.
+    """
+
+    __slots__ = ("_client", "_release", "_timers")
+
+    def __init__(self, client: UnixSocketTimerClient, timers: Sequence[tuple[str, int]]) -> None:
+        prepared = []
+        for scope_id, signum in timers:
+            _check_signal(signum)
+            if not 0 <= signum < signal.NSIG:
+                raise ValueError(f"signal {signum} is not a signal number")
+            scope = scope_id.encode()
+            if len(scope) > MAX_SCOPE_BYTES:
+                raise ValueError(_too_long(scope_id, scope))
+            prepared.append((_HEADER_SIZE + len(scope), int(signum), scope))
+        if not prepared:
+            raise ValueError("prepare() needs at least one timer")
+        if sum(length for length, _, _ in prepared) > _MAX_MESSAGE:
+            raise ValueError(f"prepared timers must fit one write of {_MAX_MESSAGE} bytes")
+        self._client = client
+        self._timers = tuple(prepared)
+        self._release = b"".join(_encode_release(scope) for _, _, scope in prepared)
+
+    def acquire(self, *expiration_times: float) -> None:
+        """Arm the timers, the i-th to expire at the i-th time (``time.time()`` based)."""
+        if len(expiration_times) != len(self._timers):
+            raise TypeError(
+                f"acquire() takes one expiration time per prepared timer "
+                f"({len(self._timers)}), got {len(expiration_times)}"
+            )
+        requests = b""
+        for (length, signum, scope), expiration_time in zip(
+            self._timers, expiration_times, strict=True
+        ):
+            if type(expiration_time) is not float or not expiration_time >= 0.0:
+                checked = _check_expiration(expiration_time)
+                if checked is None:
+                    raise ValueError(f"expiration_time must be >= 0, got {expiration_time!r}")
+                expiration_time = checked
+            requests += _HEADER.pack(length, _ACQUIRE, expiration_time, signum) + scope
+        self._client._write_requests(requests, min(expiration_times))
+
+    def release(self) -> None:
+        """Release the timers (those that have not expired yet)."""
+        self._client._write_requests(self._release)
 
 
 # Clients of this process, so that a forked child drops the connections it inherited.
@@ -466,24 +474,19 @@ class UnixSocketTimerClient(TimerClient):
             messages.append(message)
         self._send_all(messages)
 
-    def write_requests(self, requests: bytes, earliest: float = math.inf) -> None:
-        """Write requests made by :func:`encode_acquire` and :func:`encode_release`.
-
-        The cheapest way to arm and release, for a caller that arms the same
-        way over and over (the pytest plugin, for every test): encoded as it
-        goes, written in one system call, in order. ``earliest`` is the
-        earliest expiration time among the acquires: the server is woken if
-        it would sleep past it. Up to ``select.PIPE_BUF`` bytes go in one
-        atomic write; more are written request by request.
-        """
-        if len(requests) <= _MAX_MESSAGE:
-            conn = self._send(requests)
-        else:
-            conn = self._conn or self._connect()
-            for request in _split_requests(requests):
-                conn = self._send(request)
+    def _write_requests(self, requests: bytes, earliest: float = math.inf) -> None:
+        """Write encoded requests in one write; wake the server if it sleeps past ``earliest``."""
+        conn = self._send(requests)
         if earliest < conn.wake[0]:
             self._poke(conn)
+
+    def prepare(self, timers: Sequence[tuple[str, int]]) -> PreparedTimers:
+        """Timers of fixed scopes and signals, each ``(scope_id, signal)``, to arm again and again.
+
+        See :class:`PreparedTimers`: the cheapest way to re-arm the same
+        timers with new times.
+        """
+        return PreparedTimers(self, timers)
 
     def _release_message(self, scope_id: str) -> bytes:
         message = self._releases.get(scope_id)

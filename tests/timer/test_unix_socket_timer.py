@@ -10,7 +10,6 @@ import math
 import multiprocessing
 import os
 import re
-import select
 import shutil
 import signal
 import socket
@@ -409,10 +408,10 @@ def test_a_batch_too_big_for_one_write_still_arrives(server: UnixSocketTimerServ
     assert result.returncode == -signal.SIGKILL, result.stderr
 
 
-def test_encoded_requests_arm_and_release_in_order_in_one_write(
+def test_prepared_timers_escalate_and_a_near_one_wakes_the_server(
     sleepy_server: UnixSocketTimerServer,
 ) -> None:
-    """write_requests: releases and acquires as encoded, in order; a near one wakes the server.
+    """prepare(): fixed scopes and signals, armed with new times in one write.
 
     The server sleeps up to 60 s, so the kill comes in time only if the
     write woke it.
@@ -421,14 +420,9 @@ def test_encoded_requests_arm_and_release_in_order_in_one_write(
         """
         signal.signal(signal.SIGUSR1, lambda *_: print("usr1", flush=True))
         client = UnixSocketTimerClient.from_env()
+        timers = client.prepare([("test", signal.SIGUSR1), ("test [kill]", signal.SIGKILL)])
         started = time.time()
-        client.write_requests(ust.encode_acquire("released", started + 0.2, signal.SIGKILL))
-        client.write_requests(
-            ust.encode_release("released")
-            + ust.encode_acquire("test", started + 0.2, signal.SIGUSR1)
-            + ust.encode_acquire("test [kill]", started + 0.6, signal.SIGKILL),
-            started + 0.2,
-        )
+        timers.acquire(started + 0.2, started + 0.6)
         time.sleep(0.4)
         print("alive", flush=True)
         time.sleep(30)
@@ -439,46 +433,68 @@ def test_encoded_requests_arm_and_release_in_order_in_one_write(
     assert result.stdout == "usr1\nalive\n"
 
 
-def test_encoded_requests_too_big_for_one_write_arrive_whole(
+def test_prepared_timers_armed_again_replace_the_earlier_ones(
     thread_server: UnixSocketTimerServer,
 ) -> None:
-    client = UnixSocketTimerClient(thread_server.address)
-    far = time.time() + 60
-    scopes = [str(i) * ust.MAX_SCOPE_BYTES for i in range(3)]
-    client.write_requests(b"".join(ust.encode_acquire(s, far, signal.SIGKILL) for s in scopes))
-    client.write_requests(ust.encode_acquire("last", far, 0), far)
-    wait_until(lambda: len(thread_server._timers) == 4)
-    client.write_requests(b"".join(ust.encode_release(s) for s in [*scopes, "last"]))
-    wait_until(lambda: len(thread_server._timers) == 0)
+    """No release between two arms: the second replaces the first; release() ends both."""
+    result = run_python(
+        """
+        signal.signal(signal.SIGUSR1, lambda *_: print("usr1", flush=True))
+        client = UnixSocketTimerClient.from_env()
+        timers = client.prepare([("test", signal.SIGUSR1), ("test [kill]", signal.SIGKILL)])
+        started = time.time()
+        timers.acquire(started + 0.3, started + 0.5)
+        timers.acquire(started + 60, started + 60)
+        time.sleep(0.8)
+        print("not yet", flush=True)
+        timers.acquire(started + 1.0, started + 1.2)
+        timers.release()
+        time.sleep(1.0)
+        print("released", flush=True)
+        """,
+        env_of(thread_server),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "not yet\nreleased\n"
 
 
 @pytest.mark.parametrize(
-    ("timer", "error", "message"),
+    ("timers", "error", "message"),
     [
-        (("scope", 1.0, "9"), TypeError, "signal must be an int"),
-        (("scope", 1.0, signal.NSIG), ValueError, "is not a signal number"),
-        (("scope", "soon", signal.SIGKILL), TypeError, "expiration_time must be a number"),
-        (("scope", math.nan, signal.SIGKILL), ValueError, "got NaN"),
-        (("scope", -1.0, signal.SIGKILL), ValueError, "must be >= 0"),
-        (("x" * (ust.MAX_SCOPE_BYTES + 1), 1.0, signal.SIGKILL), ValueError, "at most"),
+        ([("scope", "9")], TypeError, "signal must be an int"),
+        ([("scope", signal.NSIG)], ValueError, "is not a signal number"),
+        ([("x" * (ust.MAX_SCOPE_BYTES + 1), signal.SIGKILL)], ValueError, "at most"),
+        ([("x" * 3000, 9), ("y" * 3000, 9)], ValueError, "must fit one write"),
+        ([], ValueError, "at least one timer"),
     ],
 )
-def test_encode_acquire_checks_its_timer(
-    timer: tuple[str, float, int], error: type, message: str
-) -> None:
-    with pytest.raises(error, match=message):
-        ust.encode_acquire(*timer)
-
-
-def test_encode_release_and_write_requests_refuse_what_they_cannot_send(
+def test_prepare_checks_its_timers(
     thread_server: UnixSocketTimerServer,
+    timers: list[tuple[str, int]],
+    error: type,
+    message: str,
 ) -> None:
-    with pytest.raises(ValueError, match="at most"):
-        ust.encode_release("x" * (ust.MAX_SCOPE_BYTES + 1))
     client = UnixSocketTimerClient(thread_server.address)
-    garbage = b"\xff" * (select.PIPE_BUF + 1)
-    with pytest.raises(ValueError, match="encode_acquire and encode_release"):
-        client.write_requests(garbage)
+    with pytest.raises(error, match=message):
+        client.prepare(timers)
+
+
+@pytest.mark.parametrize(
+    ("times", "error", "message"),
+    [
+        ((1.0,), TypeError, "one expiration time per prepared timer"),
+        ((1.0, "soon"), TypeError, "expiration_time must be a number"),
+        ((1.0, math.nan), ValueError, "got NaN"),
+        ((1.0, -1.0), ValueError, "must be >= 0"),
+    ],
+)
+def test_prepared_acquire_checks_its_times(
+    thread_server: UnixSocketTimerServer, times: tuple[float, ...], error: type, message: str
+) -> None:
+    client = UnixSocketTimerClient(thread_server.address)
+    timers = client.prepare([("a", signal.SIGKILL), ("b", signal.SIGKILL)])
+    with pytest.raises(error, match=message):
+        timers.acquire(*times)
 
 
 @pytest.mark.parametrize(
