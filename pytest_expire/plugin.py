@@ -198,8 +198,6 @@ class _PerTest:
         if self.plugin.recorder is not None:
             self.plugin.recorder.test_started(item, seconds)
         if seconds is None:
-            # The timers an earlier test left armed must not reach this one.
-            self.plugin.disarm()
             return (yield)
         client = self.plugin.connect()
         expiration = time.time() + seconds
@@ -208,16 +206,11 @@ class _PerTest:
         try:
             return (yield)
         finally:
-            # The timers stay armed until the next test arms them again.
+            # Not left to the next test's arm: a worker may wait between two
+            # tests (an xdist worker for its next test, say) for longer than
+            # this test's deadline and grace.
+            client.disarm()
             interrupt.current = None
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtestloop(self) -> Generator[None, object, object]:
-        try:
-            return (yield)
-        finally:
-            # No test follows to arm the last one's timers again.
-            self.plugin.disarm()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

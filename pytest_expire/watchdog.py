@@ -11,9 +11,9 @@ A test arms two timers (:class:`WatchdogClient`): at its deadline the
 process and of every process it started (``diagnose``), then sends
 :data:`~pytest_expire.signals.INTERRUPT_SIGNAL`; a grace period later the
 *kill* timer, whose expiry kills what the test started and then the test's
-process. The two timers are the process's, not the test's: the next test
-arms them again, which replaces them. The watchdog writes the stacks it
-took where the process that ran the test finds them, by its PID.
+process. A test that ends in time releases both. The two timers are the
+process's, not the test's (each test arms them again), so the watchdog
+writes the stacks it took where that process finds them, by its PID.
 
 This module is imported by every pytest process of a session, so it imports
 neither pytest (the watchdog process imports it too, and starts faster
@@ -173,16 +173,11 @@ def socket_path(directory: Path) -> Path:
 
 
 class WatchdogClient:
-    """A test process's link to the watchdog: arms a test's two timers, one write a test.
+    """A test process's link to the watchdog: arms and releases a test's two timers.
 
-    The timers are prepared once (``UnixSocketTimerClient.prepare``) and
-    armed again for each test, which replaces them: no release between two
-    tests. Until the next arm an ended test's timers stay armed, which is
-    harmless: its interrupt finds no test of its own to fail (see
-    ``interrupt``), and its kill comes a grace period after its deadline,
-    long after the next test has armed. :meth:`disarm` releases them when
-    no arm follows (the session ends, a test runs without a deadline, a
-    debugger takes over).
+    The timers are prepared once (``UnixSocketTimerClient.prepare``): for
+    each test, arming them and releasing them are one write each, of bytes
+    made ahead with the times packed in.
     """
 
     def __init__(self, address: str) -> None:

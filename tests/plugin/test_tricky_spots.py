@@ -66,6 +66,38 @@ def test_an_ended_tests_timers_never_reach_a_test_without_a_deadline(
     assert "killed" not in result.stdout.str() + result.stderr.str()
 
 
+def test_a_wait_between_two_tests_is_not_taken_for_a_hang(pytester: pytest.Pytester) -> None:
+    # An xdist worker waits between two tests until it learns its next one;
+    # an outer hook wrapper that sleeps after each test stands for that wait
+    # here. The ended test's timers must be gone by then, or its kill (0.3 +
+    # 0.3 s after it started) would end the worker.
+    pytester.makepyfile(
+        """
+        def test_first():
+            pass
+
+        def test_second():
+            pass
+        """
+    )
+    pytester.makeconftest(
+        """
+        import time
+        import pytest
+
+        @pytest.hookimpl(wrapper=True, tryfirst=True)
+        def pytest_runtest_protocol(item):
+            try:
+                return (yield)
+            finally:
+                time.sleep(1.0)
+        """
+    )
+    result = pytester.runpytest_subprocess("--expire-default=0.3", "--expire-grace=0.3", timeout=60)
+    result.assert_outcomes(passed=2)
+    assert "killed" not in result.stdout.str() + result.stderr.str()
+
+
 def test_the_last_tests_timers_never_reach_the_end_of_the_session(
     pytester: pytest.Pytester,
 ) -> None:
