@@ -38,6 +38,17 @@ def test_still_runs():
     assert True
 """
 
+#: A test that holds the GIL in C code forever, then one that must still run.
+GIL_HANG_SUITE = (
+    HOLD_THE_GIL_FOREVER
+    + """
+
+def test_hangs():
+    hold_the_gil_forever()
+"""
+    + FOLLOWER
+)
+
 ARGS = ("--expire-default=0.5", "--expire-grace=0.5")
 
 

@@ -18,20 +18,17 @@ import xml.etree.ElementTree as ET
 
 import psutil
 import pytest
-from snippets import ARGS, FOLLOWER, HOLD_THE_GIL_FOREVER, wait_until_exists
+from snippets import (
+    ARGS,
+    FOLLOWER,
+    GIL_HANG_SUITE,
+    HOLD_THE_GIL_FOREVER,
+    wait_until_exists,
+)
 
 
 def test_c_code_holding_the_gil_is_killed_and_reported(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_suite=HOLD_THE_GIL_FOREVER
-        + textwrap.dedent(
-            """
-            def test_hangs():
-                hold_the_gil_forever()
-            """
-        )
-        + FOLLOWER
-    )
+    pytester.makepyfile(test_suite=GIL_HANG_SUITE)
     result = pytester.runpytest_subprocess(*ARGS, "--junitxml=report.xml", timeout=120)
     result.assert_outcomes(passed=1, failed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED

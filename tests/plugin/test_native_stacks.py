@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import textwrap
 
 import pytest
-from snippets import ARGS, FOLLOWER, HOLD_THE_GIL_FOREVER, skip_unless_py_spy_reads_processes
+from snippets import ARGS, GIL_HANG_SUITE, skip_unless_py_spy_reads_processes
 
 from pytest_expire import native_stacks
 
@@ -22,16 +21,7 @@ def test_c_code_holding_the_gil_is_reported_with_its_native_frames(
     pytester: pytest.Pytester,
 ) -> None:
     skip_unless_py_spy_reads_processes()
-    pytester.makepyfile(
-        test_suite=HOLD_THE_GIL_FOREVER
-        + textwrap.dedent(
-            """
-            def test_hangs():
-                hold_the_gil_forever()
-            """
-        )
-        + FOLLOWER
-    )
+    pytester.makepyfile(test_suite=GIL_HANG_SUITE)
     result = pytester.runpytest_subprocess(*ARGS, timeout=120)
     result.assert_outcomes(passed=1, failed=1)
     # The lock's C frame, above the Python frame that called into it: only
