@@ -64,16 +64,15 @@ def diagnosis_path(directory: Path, pid: int, killed: bool = False) -> Path:
 def read_diagnosis(directory: Path, pid: int, killed: bool = False) -> str:
     """The stacks taken at the last interrupt (or the kill) of process ``pid``'s test.
 
-    The file of a kill is removed once read: a later process with the same
-    PID must not find it.
+    The file is removed once read: the next test of that process to expire,
+    or a later process with the same PID, must never find it.
     """
     path = diagnosis_path(directory, pid, killed)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return ""
-    if killed:
-        path.unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
     return text
 
 

@@ -128,6 +128,40 @@ def test_the_last_tests_timers_never_reach_the_end_of_the_session(
     assert "killed" not in result.stdout.str() + result.stderr.str()
 
 
+def test_each_expired_test_of_a_process_gets_its_own_stacks(pytester: pytest.Pytester) -> None:
+    # The watchdog files its stacks by the process's PID, and one process
+    # runs both tests: the second must not show the first's stacks.
+    pytester.makepyfile(
+        test_suite="""
+        import time
+
+        def first_waits():
+            time.sleep(3600)
+
+        def second_waits():
+            time.sleep(3600)
+
+        def test_first():
+            first_waits()
+
+        def test_second():
+            second_waits()
+        """
+    )
+    result = pytester.runpytest_subprocess("--expire-default=0.3", timeout=60)
+    result.assert_outcomes(failed=2)
+    output = result.stdout.str()
+
+    def section(test: str) -> str:
+        """The report section of ``test``'s stacks: up to the next test's header or the summary."""
+        start = output.index(f"expired: test_suite.py::{test} after")
+        return re.split(r"\n(?:_{3,}|={3,}) ", output[start:])[0]
+
+    first, second = section("test_first"), section("test_second")
+    assert "in first_waits" in first and "second_waits" not in first
+    assert "in second_waits" in second and "first_waits" not in second
+
+
 def test_a_forked_child_dumps_its_own_stacks(pytester: pytest.Pytester) -> None:
     child_pid_file = pytester.path / "child.pid"
     pytester.makepyfile(
