@@ -214,6 +214,14 @@ def _encode_release(scope: bytes) -> bytes:
     return _HEADER.pack(_HEADER_SIZE + len(scope), _RELEASE, _RELEASE_TIME, 0) + scope
 
 
+def _checked_release(scope_id: str) -> bytes:
+    """The release request of ``scope_id``; ValueError if the scope is too long for one."""
+    scope = scope_id.encode()
+    if len(scope) > MAX_SCOPE_BYTES:
+        raise ValueError(_too_long(scope_id, scope))
+    return _encode_release(scope)
+
+
 class _Decoded(NamedTuple):
     """What :func:`_decode` found at the start of a pipe's bytes."""
 
@@ -467,10 +475,7 @@ class UnixSocketTimerClient(TimerClient):
             message = self._releases.get(scope_id)
             if message is None:
                 # Not cached: a scope released once (a test's, say) stays out of the cache.
-                scope = scope_id.encode()
-                if len(scope) > MAX_SCOPE_BYTES:
-                    raise ValueError(_too_long(scope_id, scope))
-                message = _encode_release(scope)
+                message = _checked_release(scope_id)
             messages.append(message)
         self._send_all(messages)
 
@@ -478,6 +483,7 @@ class UnixSocketTimerClient(TimerClient):
         """Write encoded requests in one write; wake the server if it sleeps past ``earliest``."""
         conn = self._send(requests)
         if earliest < conn.wake[0]:
+            # The server sleeps past this deadline: wake it to read the pipe.
             self._poke(conn)
 
     def prepare(self, timers: Sequence[tuple[str, int]]) -> PreparedTimers:
@@ -491,10 +497,7 @@ class UnixSocketTimerClient(TimerClient):
     def _release_message(self, scope_id: str) -> bytes:
         message = self._releases.get(scope_id)
         if message is None:
-            scope = scope_id.encode()
-            if len(scope) > MAX_SCOPE_BYTES:
-                raise ValueError(_too_long(scope_id, scope))
-            message = _encode_release(scope)
+            message = _checked_release(scope_id)
             if len(self._releases) >= _RELEASE_CACHE_SIZE:
                 self._releases.clear()
             self._releases[scope_id] = message
