@@ -123,6 +123,22 @@ def run_python(
     )
 
 
+def assert_interrupted_then_killed(arming: str, server: UnixSocketTimerServer) -> None:
+    """Run ``arming`` in a child that prints "usr1" on SIGUSR1: it must get SIGUSR1, then SIGKILL.
+
+    ``arming`` arms timers (``time`` and ``signal`` imported) for a SIGUSR1
+    within 0.4 s and a kill between 0.4 s and a few seconds.
+    """
+    result = run_python(
+        'signal.signal(signal.SIGUSR1, lambda *_: print("usr1", flush=True))\n'
+        + textwrap.dedent(arming)
+        + 'time.sleep(0.4)\nprint("alive", flush=True)\ntime.sleep(30)\n',
+        env_of(server),
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert result.stdout == "usr1\nalive\n"
+
+
 def hang_with_client_from_env(after: float, how: str) -> None:
     import hangs
 
@@ -350,9 +366,8 @@ def test_release_disarms_and_the_server_never_signals_its_own_process(
 
 def test_signals_and_escalation(server: UnixSocketTimerServer) -> None:
     """Each client's own signal; an expired timer goes, the later one still fires."""
-    result = run_python(
+    assert_interrupted_then_killed(
         """
-        signal.signal(signal.SIGUSR1, lambda *_: print("usr1", flush=True))
         soft = UnixSocketTimerClient.from_env(signal=signal.SIGUSR1)
         quiet = UnixSocketTimerClient.from_env(signal=0)
         hard = UnixSocketTimerClient.from_env()
@@ -360,21 +375,15 @@ def test_signals_and_escalation(server: UnixSocketTimerServer) -> None:
         soft.acquire("test", started + 0.2)
         quiet.acquire("note", started + 0.2)
         hard.acquire("test-kill", started + 0.6)
-        time.sleep(0.4)
-        print("alive", flush=True)
-        time.sleep(30)
         """,
-        env_of(server),
+        server,
     )
-    assert result.returncode == -signal.SIGKILL, result.stderr
-    assert result.stdout == "usr1\nalive\n"
 
 
 def test_timers_with_signals_of_their_own_in_one_write(server: UnixSocketTimerServer) -> None:
     """acquire_many: an interrupt then a kill, armed together; release_many disarms both."""
-    result = run_python(
+    assert_interrupted_then_killed(
         """
-        signal.signal(signal.SIGUSR1, lambda *_: print("usr1", flush=True))
         client = UnixSocketTimerClient.from_env()
         started = time.time()
         client.acquire_many([("released", started + 0.2, signal.SIGKILL),
@@ -382,14 +391,9 @@ def test_timers_with_signals_of_their_own_in_one_write(server: UnixSocketTimerSe
         client.release_many(["released", "released [kill]"])
         client.acquire_many([("test", started + 0.2, signal.SIGUSR1),
                              ("test [kill]", started + 0.6, signal.SIGKILL)])
-        time.sleep(0.4)
-        print("alive", flush=True)
-        time.sleep(30)
         """,
-        env_of(server),
+        server,
     )
-    assert result.returncode == -signal.SIGKILL, result.stderr
-    assert result.stdout == "usr1\nalive\n"
 
 
 def test_a_batch_too_big_for_one_write_still_arrives(server: UnixSocketTimerServer) -> None:
@@ -416,21 +420,15 @@ def test_prepared_timers_escalate_and_a_near_one_wakes_the_server(
     The server sleeps up to 60 s, so the kill comes in time only if the
     write woke it.
     """
-    result = run_python(
+    assert_interrupted_then_killed(
         """
-        signal.signal(signal.SIGUSR1, lambda *_: print("usr1", flush=True))
         client = UnixSocketTimerClient.from_env()
         timers = client.prepare([("test", signal.SIGUSR1), ("test [kill]", signal.SIGKILL)])
         started = time.time()
         timers.acquire(started + 0.2, started + 0.6)
-        time.sleep(0.4)
-        print("alive", flush=True)
-        time.sleep(30)
         """,
-        env_of(sleepy_server),
+        sleepy_server,
     )
-    assert result.returncode == -signal.SIGKILL, result.stderr
-    assert result.stdout == "usr1\nalive\n"
 
 
 def test_prepared_timers_armed_again_replace_the_earlier_ones(
