@@ -9,15 +9,17 @@ Python code can still notice. A real-time signal is used (see ``signals``)
 because tests replace the handlers of SIGINT, SIGALRM and SIGTERM.
 
 The handler acts only while a test phase runs (it finds the phase on the
-stack, so tracking it costs a test nothing) and only if that test's own
-deadline has passed: an interrupt that arrives as a test finishes finds the
-next test armed with a later deadline, or nothing armed, and does nothing.
-A test found in a debugger (one attached from an IDE, say, which pytest
-does not announce as it does its own ``--pdb`` and ``breakpoint()``) loses
-its deadline instead. Nor does it raise in the middle of pytest's own code (its setup stack, say,
-is not safe against an exception at any point): while the expired test is
-between phases or inside pytest, pluggy or this plugin, the interrupt is sent
-again a moment later, until it lands in the test's own code or the test ends.
+stack, so tracking it costs a test nothing) and only on the watchdog's word
+that the running test's own deadline has passed (``verdict``): an interrupt
+that arrives as a test finishes finds the next test armed with another
+token, or nothing armed, and does nothing; and no clock the test patched is
+asked. A test found in a debugger (one attached from an IDE, say, which
+pytest does not announce as it does its own ``--pdb`` and ``breakpoint()``)
+loses its deadline instead. Nor does it raise in the middle of pytest's own
+code (its setup stack, say, is not safe against an exception at any point):
+while the expired test is between phases or inside pytest, pluggy or this
+plugin, the interrupt is sent again a moment later, until it lands in the
+test's own code or the test ends.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import io
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
@@ -37,9 +38,8 @@ from _pytest.outcomes import Failed
 from _pytest.runner import CallInfo
 
 from pytest_expire.signals import INTERRUPT_SIGNAL
+from pytest_expire.verdict import VerdictPage
 
-# The watchdog and this process read the same clock; this covers rounding.
-_CLOCK_SLACK = 0.01
 # Code an exception must not cut in two: the interrupt waits until it is left.
 _INTERNAL_MODULES = ("_pytest.", "pluggy.", "pytest_expire.")
 _RETRY_DELAY = 0.01
@@ -59,14 +59,16 @@ class Expired(Failed):
     """
 
 
-@dataclass
+@dataclass(eq=False)  # one deadline is itself, not any with the same fields
 class Deadline:
-    """The armed deadline of the test this process runs."""
+    """An armed deadline of a test this process runs."""
 
     nodeid: str
     seconds: float
-    expiration_time: float
+    #: Its expiration time as armed, and its name in the watchdog's word (``verdict``).
+    token: float
     paused: bool = False
+    #: The phase it expired in, once the test was found expired (interrupted or not).
     expired_in: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -74,38 +76,57 @@ class Deadline:
         return f"{self.nodeid} expired after {self.seconds:g} s (in {self.expired_in})"
 
 
-current: Deadline | None = None
-# Held while an interrupt is sent again and while the handler is removed:
-# one sent after that would meet the signal's default action and end the process.
+#: The deadlines armed in this process, innermost last: a pytest session run
+#: inside a test (pytester's in-process runs) arms its tests' deadlines
+#: inside the outer test's.
+armed: list[Deadline] = []
+_page: VerdictPage | None = None
+_previous_handler: signal.Handlers | Callable[[int, FrameType | None], object] | int | None = None
+# Held while an interrupt is sent again and while the handler is removed.
 _sending = threading.Lock()
 #: Told (from the handler) that a debugger is attached to the expired test,
 #: which from then on has no deadline: someone is looking at it.
-on_debugger: Callable[[], None] | None = None
+on_debugger: Callable[[Deadline], None] | None = None
 
 
-def install() -> None:
-    """Install the handler; call from the main thread."""
-    signal.signal(INTERRUPT_SIGNAL, _on_interrupt)
+def install(page: VerdictPage) -> None:
+    """Install the handler, reading the watchdog's word from ``page``; from the main thread."""
+    global _page, _previous_handler
+    _page = page
+    _previous_handler = signal.signal(INTERRUPT_SIGNAL, _on_interrupt)
 
 
 def uninstall() -> None:
-    global current
+    """Put back the disposition found at :func:`install`.
+
+    The watchdog sends the signal only to a process that handles it (see
+    ``signals.handles``), and :func:`_send_again_later` only while a
+    deadline is armed, so no interrupt comes after this.
+    """
+    global _page
     with _sending:
-        current = None
-        signal.signal(INTERRUPT_SIGNAL, signal.SIG_DFL)
+        armed.clear()
+        _page = None
+        signal.signal(INTERRUPT_SIGNAL, _previous_handler or signal.SIG_DFL)
+
+
+def expired_deadline() -> Deadline | None:
+    """The armed deadline the watchdog found passed, if any (the outermost first)."""
+    page = _page
+    if page is None:
+        return None
+    return next((deadline for deadline in armed if page.expired(deadline.token)), None)
 
 
 def _on_interrupt(signum: int, frame: FrameType | None) -> None:
     __tracebackhide__ = True
-    deadline = current
+    deadline = expired_deadline()
     if deadline is None or deadline.paused or deadline.expired_in is not None:
-        return
-    if time.time() + _CLOCK_SLACK < deadline.expiration_time:
         return
     if _debugger_attached():
         deadline.paused = True
         if on_debugger is not None:
-            on_debugger()
+            on_debugger(deadline)
         return
     phase = None if _is_internal(frame) else _phase_of(frame)
     if phase is None:
@@ -154,7 +175,7 @@ def _send_again_later(deadline: Deadline) -> None:
 
     def send() -> None:
         with _sending:
-            if current is deadline:
+            if deadline in armed:
                 signal.pthread_kill(main, INTERRUPT_SIGNAL)
 
     timer = threading.Timer(_RETRY_DELAY, send)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_expire import interrupt, stacks
+from pytest_expire import interrupt
+from pytest_expire.client import Link, current_link, new_link
 from pytest_expire.settings import (
     DEADLINE,
     ENV_DEFAULT,
@@ -33,7 +34,6 @@ from pytest_expire.watchdog import (
     DIRECTORY_ENV,
     OWNER_ENV,
     SessionWatchdog,
-    WatchdogClient,
     read_diagnosis,
     xdist_worker_path,
 )
@@ -41,6 +41,10 @@ from pytest_expire.worker import WorkerPlugin
 from pytest_expire.xdist_support import CrashReporter, is_controller
 
 PLUGIN_NAME = "expire-session"
+# How long a report waits for the stacks the watchdog is taking (it dumps for
+# at most a second, py-spy for a few more), and how often it looks.
+_DIAGNOSIS_WAIT = 5.0
+_DIAGNOSIS_POLL = 0.02
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -82,26 +86,25 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(plugin, PLUGIN_NAME)
     if is_controller(config) and settings.default is not None:
         # Started here, so that every worker inherits its address.
-        plugin.watchdog = SessionWatchdog()
+        plugin.watchdog = SessionWatchdog(settings.grace)
         config.pluginmanager.register(CrashReporter(plugin.watchdog), "expire-xdist")
     elif may_supervise(config):
         if settings.default is not None:
             # Every test has a deadline: the watchdog starts while pytest collects.
-            plugin.watchdog = SessionWatchdog()
+            plugin.watchdog = SessionWatchdog(settings.grace)
         config.pluginmanager.register(Supervisor(plugin, settings.grace), "expire-supervisor")
 
 
 class ExpirePlugin:
-    """The per-session state: settings, the watchdog, the running test's deadline."""
+    """The per-session state: settings, the watchdog, the link of this process to it."""
 
     def __init__(self, config: pytest.Config, settings: Settings) -> None:
         self.config = config
         self.settings = settings
         # Owned by this process: its watchdog, when this process started one.
         self.watchdog: SessionWatchdog | None = None
-        self._client: WatchdogClient | None = None
-        # The directory shared with the watchdog, once connected to it.
-        self.directory: Path | None = None
+        #: This process's link to the watchdog, once a test armed a deadline.
+        self.link: Link | None = None
         #: In a supervised worker: what records each test for the supervisor.
         self.recorder: WorkerPlugin | None = None
         self._per_test = _PerTest(self)
@@ -121,66 +124,106 @@ class ExpirePlugin:
             self.config.pluginmanager.register(self._per_test, f"{PLUGIN_NAME}-tests")
 
     def pytest_unconfigure(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            interrupt.uninstall()
+        if self.link is not None:
+            self.link.leave()
+            self.link = None
         if self.watchdog is not None:
             self.watchdog.stop()
 
-    def connect(self) -> WatchdogClient:
-        """The watchdog: this process's (or its supervisor's), a parent's, or a new one."""
-        if self._client is None:
-            address = os.environ.get(ADDRESS_ENV)
-            directory = os.environ.get(DIRECTORY_ENV)
-            # Only a worker uses its parent's watchdog: a pytest run inside a
-            # test (pytester, say) inherits the environment but is a session
-            # of its own.
-            if self.watchdog is None and not (
-                address and directory and str(os.getppid()) == os.environ.get(OWNER_ENV)
-            ):
-                self.watchdog = SessionWatchdog()
-            if self.watchdog is not None:
-                self.watchdog.wait_ready()
-                address, directory = self.watchdog.address, str(self.watchdog.directory)
-            assert address is not None and directory is not None
-            self._client = WatchdogClient(address)
-            self.directory = Path(directory)
-            workerinput = getattr(self.config, "workerinput", None)
-            if workerinput is not None:
-                # For the controller, which learns of a kill only as a crash of this worker.
-                xdist_worker_path(self.directory, workerinput["workerid"]).write_text(
-                    str(os.getpid())
-                )
-            stacks.register(self.directory)
-            interrupt.on_debugger = self.disarm
-            interrupt.install()
-        return self._client
+    def connect(self) -> Link:
+        """This process's link to a watchdog: the one a session of this process opened
+        already (this session runs inside a test of it), else a new one to this
+        process's watchdog, its supervisor's or xdist controller's, or a new watchdog."""
+        if self.link is None:
+            link = current_link()
+            if link is None:
+                address, directory = self._find_watchdog()
+                link = new_link(address, directory)
+                workerinput = getattr(self.config, "workerinput", None)
+                if workerinput is not None:
+                    # For the controller, which learns of a kill only as a crash of this worker.
+                    xdist_worker_path(directory, workerinput["workerid"]).write_text(
+                        str(os.getpid())
+                    )
+            self.link = link.join()
+        return self.link
+
+    def _find_watchdog(self) -> tuple[str, Path]:
+        address = os.environ.get(ADDRESS_ENV)
+        directory = os.environ.get(DIRECTORY_ENV)
+        # Only a worker uses its parent's watchdog: a pytest run in a process
+        # a test started inherits the environment but is a session of its own.
+        if self.watchdog is None and not (
+            address and directory and str(os.getppid()) == os.environ.get(OWNER_ENV)
+        ):
+            self.watchdog = SessionWatchdog(self.settings.grace)
+        if self.watchdog is not None:
+            self.watchdog.wait_ready()
+            return self.watchdog.address, self.watchdog.directory
+        assert address is not None and directory is not None
+        return address, Path(directory)
 
     def pytest_enter_pdb(self) -> None:
         """A test in the debugger has no deadline: someone is looking at it."""
-        deadline = interrupt.current
-        if deadline is not None and not deadline.paused:
-            deadline.paused = True
-            self.disarm()
-
-    def disarm(self) -> None:
-        """Release this process's timers, if any are armed (see ``WatchdogClient``)."""
-        if self._client is not None:
-            self._client.disarm()
+        deadline = self._per_test.deadline
+        if deadline is not None and self.link is not None and not deadline.paused:
+            self.link.pause(deadline)
 
     def pytest_leave_pdb(self) -> None:
         """Back from the debugger, the test gets its whole deadline again."""
-        deadline = interrupt.current
-        if deadline is not None and self._client is not None and deadline.paused:
-            deadline.expiration_time = time.time() + deadline.seconds
-            deadline.paused = False
-            self._client.arm(deadline.expiration_time, self.settings.grace)
+        deadline = self._per_test.deadline
+        if deadline is not None and self.link is not None and deadline.paused:
+            self.link.renew(deadline)
+
+    def judge(self, report: pytest.TestReport, deadline: interrupt.Deadline) -> None:
+        """Fail a report of a phase that ended past its test's deadline, and add the stacks.
+
+        The watchdog's word (or this process's own clock, which the test
+        cannot patch) decides, not how the phase ended: a test that
+        swallowed its interrupt, or woke early from a C call the dump
+        signal cut short, still ran past its deadline.
+        """
+        assert self.link is not None
+        if deadline.expired_in is None:
+            if not self.link.expired(deadline):
+                return
+            deadline.expired_in = report.when
+            _fail_as_expired(report, deadline.message())
+        elif deadline.expired_in != report.when:
+            return
+        report.sections.append(
+            (
+                f"expired: {report.nodeid} after {format_seconds(deadline.seconds)}",
+                self.diagnosis(deadline),
+            )
+        )
 
     def diagnosis(self, deadline: interrupt.Deadline) -> str:
-        assert self.directory is not None
-        parts = [read_diagnosis(self.directory, os.getpid())]
-        parts.extend(f"asyncio tasks:\n{note}" for note in deadline.notes)
+        """The stacks the watchdog took at ``deadline``, waiting for them if it is taking them."""
+        assert self.link is not None
+        text = read_diagnosis(self.link.directory, os.getpid(), token=deadline.token)
+        waited_until = time.monotonic() + _DIAGNOSIS_WAIT
+        while (
+            text is None
+            and self.link.page.expired(deadline.token)
+            and time.monotonic() < waited_until
+        ):
+            time.sleep(_DIAGNOSIS_POLL)
+            text = read_diagnosis(self.link.directory, os.getpid(), token=deadline.token)
+        if text is None:
+            text = "(no stacks: the test ended past its deadline before the watchdog took them)\n"
+        parts = [text, *(f"asyncio tasks:\n{note}" for note in deadline.notes)]
         return "\n".join(part for part in parts if part)
+
+
+def _fail_as_expired(report: pytest.TestReport, message: str) -> None:
+    """Make ``report`` the failure of an expired test, keeping what else it said."""
+    if report.failed and report.longrepr:
+        message = f"{message}\n\nBefore that, it failed:\n{report.longrepr}"
+    report.outcome = "failed"
+    report.longrepr = message
+    if hasattr(report, "wasxfail"):
+        del report.wasxfail
 
 
 class _PerTest:
@@ -188,6 +231,8 @@ class _PerTest:
 
     def __init__(self, plugin: ExpirePlugin) -> None:
         self.plugin = plugin
+        #: The deadline of the test this session runs now.
+        self.deadline: interrupt.Deadline | None = None
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
@@ -199,35 +244,27 @@ class _PerTest:
             self.plugin.recorder.test_started(item, seconds)
         if seconds is None:
             return (yield)
-        client = self.plugin.connect()
-        expiration = time.time() + seconds
-        interrupt.current = interrupt.Deadline(item.nodeid, seconds, expiration)
-        client.arm(expiration, self.plugin.settings.grace)
+        link = self.plugin.connect()
+        self.deadline = deadline = link.arm(item.nodeid, seconds)
         try:
             return (yield)
         finally:
             # Not left to the next test's arm: a worker may wait between two
             # tests (an xdist worker for its next test, say) for longer than
             # this test's deadline and grace.
-            client.disarm()
-            interrupt.current = None
+            self.deadline = None
+            link.disarm(deadline)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # First, so that every reporter (and an xdist worker's relay, and
-        # the worker's records) sees the stacks.
-        deadline = interrupt.current
-        if (
-            deadline is not None
-            and deadline.expired_in == report.when
-            and deadline.nodeid == report.nodeid
-            and self.plugin.directory
-        ):
-            report.sections.append(
-                (
-                    f"expired: {report.nodeid} after {format_seconds(deadline.seconds)}",
-                    self.plugin.diagnosis(deadline),
-                )
-            )
+        # the worker's records) sees the verdict and the stacks.
+        deadline = self.deadline
+        if deadline is not None and deadline.nodeid == report.nodeid:
+            self.plugin.judge(report, deadline)
+            if report.when == "teardown" and self.plugin.link is not None:
+                # A plugin that reruns the test (pytest-rerunfailures) runs the
+                # next attempt under a deadline of its own.
+                self.plugin.link.renew(deadline)
         if self.plugin.recorder is not None:
             self.plugin.recorder.test_reported(report)

@@ -1,12 +1,12 @@
-"""The two signals the watchdog sends a test's process, besides the kill.
+"""The two signals the watchdog sends a test's process besides the kill, and who may get them.
 
 Real-time signals, because tests replace the handlers of SIGINT, SIGALRM,
 SIGTERM and SIGUSR1/2, but hardly ever touch these. Their default action is
-to terminate, so each is sent only to a process that installed a handler:
-:data:`DUMP_SIGNAL` to a process registered for dumps (``stacks``),
-:data:`INTERRUPT_SIGNAL` to a process that armed a test's timer
-(``interrupt``). Kept apart from both, so that the watchdog process knows
-them without importing pytest.
+to terminate, so each is sent only to a process that has a handler for it
+at that moment (:func:`handles`): a process that exec'd keeps its PID and
+start time but loses its handlers, and a test may reset a disposition.
+Kept apart from the rest, so that the watchdog process knows them without
+importing pytest.
 """
 
 from __future__ import annotations
@@ -17,3 +17,31 @@ import signal
 DUMP_SIGNAL = signal.SIGRTMIN + 6
 #: The expired test fails where it is (see ``interrupt``).
 INTERRUPT_SIGNAL = signal.SIGRTMIN + 7
+
+
+def handles(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` now (its caught-signal mask).
+
+    Read from ``SigCgt`` in ``/proc/PID/status``, which the kernel keeps for
+    every process: no cooperation of the process is needed, and a process
+    that exec'd or reset the disposition shows the bit cleared.
+    """
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def name(signum: int) -> str:
+    """A signal's name for a report, real-time signals and unknown numbers included."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        pass
+    if signal.SIGRTMIN <= signum <= signal.SIGRTMAX:
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
+    return f"signal {signum}"

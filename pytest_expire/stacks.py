@@ -9,9 +9,11 @@ and start time, not its stderr: pytest captures stderr, and a dump there
 would be swallowed.
 
 The watchdog *collects*: it sends the signal to a registered process and
-reads what was appended to its file. It signals only processes whose file
-proves they registered: the default action of a real-time signal is to
-terminate, so an unregistered process must never receive one.
+reads what was appended to its file. It signals only a process whose file
+proves it registered *and* that handles the signal at that moment
+(``signals.handles``): the default action of a real-time signal is to
+terminate, and a forked child that exec'd keeps the PID, start time and file
+of its registration but not the handler.
 
 A forked child inherits the registration and the file descriptor of its
 parent; a fork handler re-registers it with a file of its own, so parent and
@@ -27,13 +29,15 @@ import time
 from pathlib import Path
 from typing import IO
 
-from pytest_expire.signals import DUMP_SIGNAL
+from pytest_expire.signals import DUMP_SIGNAL, handles
+from pytest_expire.verdict import start_time
 
 # How long a dump may take to appear, and how long the file must stay
 # unchanged to count as complete.
 _DUMP_TIMEOUT = 1.0
 _DUMP_SETTLE = 0.05
 
+# The session's directory and this process's dump file, while registered.
 _registered: tuple[Path, IO[str]] | None = None
 
 
@@ -43,19 +47,8 @@ def dump_file(directory: Path, pid: int) -> Path | None:
     Named after the PID and the process's start time, so that a process
     that reuses the PID of a registered one is not taken for it.
     """
-    started = _start_time(pid)
+    started = start_time(pid)
     return None if started is None else directory / f"stacks-{pid}-{started}.txt"
-
-
-def _start_time(pid: int) -> str | None:
-    """When ``pid`` started, in clock ticks after boot: field 22 of ``/proc/PID/stat``."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            line = stat.read()
-    except OSError:  # no such process
-        return None
-    # The command name (field 2, in parentheses) may hold spaces and parentheses.
-    return line[line.rindex(b")") + 2 :].split()[19].decode()
 
 
 def register(directory: Path) -> None:
@@ -65,16 +58,26 @@ def register(directory: Path) -> None:
     assert path is not None, "this process exists"
     stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 (lives as long as the process)
     faulthandler.register(DUMP_SIGNAL, file=stream, all_threads=True, chain=False)
-    if _registered is None:
-        os.register_at_fork(after_in_child=lambda: _reregister_in_child(directory))
-    else:
-        _registered[1].close()
-    _registered = (path, stream)
-
-
-def _reregister_in_child(directory: Path) -> None:
     if _registered is not None:
-        register(directory)
+        _registered[1].close()
+    _registered = (directory, stream)
+
+
+def _reregister_in_child() -> None:
+    if _registered is not None:
+        register(_registered[0])
+
+
+os.register_at_fork(after_in_child=_reregister_in_child)
+
+
+def unregister() -> None:
+    """Stop dumping on DUMP_SIGNAL (the session is over); forked children follow."""
+    global _registered
+    if _registered is not None:
+        faulthandler.unregister(DUMP_SIGNAL)
+        _registered[1].close()
+        _registered = None
 
 
 def collect(directory: Path, pids: list[int]) -> dict[int, str]:
@@ -109,7 +112,7 @@ def _signal(directory: Path, pid: int) -> tuple[Path, int] | None:
         return None
     try:
         path = dump_file(directory, pid)
-        if path is None or not path.exists():
+        if path is None or not path.exists() or not handles(pid, DUMP_SIGNAL):
             return None
         before = path.stat().st_size
         signal.pidfd_send_signal(pidfd, DUMP_SIGNAL)

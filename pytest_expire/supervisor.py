@@ -96,7 +96,7 @@ class Supervisor:
                 )
             return None
         if self.plugin.watchdog is None:
-            self.plugin.watchdog = SessionWatchdog()
+            self.plugin.watchdog = SessionWatchdog(self.grace)
         watchdog = self.plugin.watchdog
         watchdog.wait_ready()
         mark_supervised(watchdog.directory)
@@ -148,7 +148,7 @@ class Supervisor:
                 )
             else:
                 tests[-1].killed_by = os.WTERMSIG(status)
-                tests[-1].stacks = read_diagnosis(watchdog.directory, pid, killed=True)
+                tests[-1].stacks = read_diagnosis(watchdog.directory, pid, killed=True) or ""
             history.extend(tests)
         raise AssertionError("every test was killed, and the session still did not end")
 

@@ -6,14 +6,13 @@ so it is a :class:`~pytest_expire.timer.unix_socket_timer.UnixSocketTimerServer`
 in a process of its own (``watchdog_process``). Its address goes into the
 environment, so every process of the session can reach it.
 
-A test arms two timers (:class:`WatchdogClient`): at its deadline the
-*interrupt* timer, whose expiry first collects the stacks of the test's
-process and of every process it started (``diagnose``), then sends
-:data:`~pytest_expire.signals.INTERRUPT_SIGNAL`; a grace period later the
-*kill* timer, whose expiry kills what the test started and then the test's
-process. A test that ends in time releases both. The two timers are the
-process's, not the test's (each test arms them again), so the watchdog
-writes the stacks it took where that process finds them, by its PID.
+A test's process arms one timer for its running test (``client``); when it
+expires, the watchdog says so in the process's verdict page, collects the
+stacks, interrupts, and kills after a grace period (``escalation``). The
+stacks go into a *diagnosis file* named after the process, which the
+process (or, after a kill, the supervisor) reads into the test's report;
+each starts with the token of the deadline it is about, so that a later
+test of the same process never shows an earlier one's stacks.
 
 This module is imported by every pytest process of a session, so it imports
 neither pytest (the watchdog process imports it too, and starts faster
@@ -25,22 +24,15 @@ from __future__ import annotations
 import os
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from pytest_expire.signals import INTERRUPT_SIGNAL
-from pytest_expire.timer.unix_socket_timer import (
-    ADDRESS_ENV,
-    UnixSocketTimerClient,
-    format_address,
-)
+from pytest_expire.timer.unix_socket_timer import ADDRESS_ENV, format_address
 
-#: The scopes of the two timers a test process arms for its running test.
-INTERRUPT_SCOPE = "test"
-KILL_SCOPE = "test [kill]"
+#: The scope of the one timer a test's process arms for its running test.
+TEST_SCOPE = "test"
 
 #: Where the processes of a session find the directory they share with its watchdog.
 DIRECTORY_ENV = "PYTEST_EXPIRE_DIRECTORY"
@@ -61,17 +53,32 @@ def diagnosis_path(directory: Path, pid: int, killed: bool = False) -> Path:
     return directory / f"{'killed' if killed else 'interrupted'}-{pid}.txt"
 
 
-def read_diagnosis(directory: Path, pid: int, killed: bool = False) -> str:
-    """The stacks taken at the last interrupt (or the kill) of process ``pid``'s test.
+def write_diagnosis(
+    directory: Path, pid: int, token: float, text: str, killed: bool = False
+) -> None:
+    """Leave the stacks of the test whose deadline is ``token`` for its report, atomically."""
+    path = diagnosis_path(directory, pid, killed)
+    partial = path.with_suffix(".partial")
+    partial.write_text(f"{token.hex()}\n{text}", encoding="utf-8")
+    partial.replace(path)
 
-    The file is removed once read: the next test of that process to expire,
-    or a later process with the same PID, must never find it.
+
+def read_diagnosis(
+    directory: Path, pid: int, killed: bool = False, token: float | None = None
+) -> str | None:
+    """The stacks taken at the interrupt (or the kill) of process ``pid``'s test.
+
+    With ``token``, only those about that deadline. None if there are none
+    (yet). The file is removed once read: the next test of that process to
+    expire, or a later process with the same PID, must never find it.
     """
     path = diagnosis_path(directory, pid, killed)
     try:
-        text = path.read_text(encoding="utf-8")
+        header, _, text = path.read_text(encoding="utf-8").partition("\n")
     except FileNotFoundError:
-        return ""
+        return None
+    if token is not None and header != token.hex():
+        return None  # about another deadline: the one asked about has none yet
     path.unlink(missing_ok=True)
     return text
 
@@ -105,7 +112,7 @@ class SessionWatchdog:
     collects.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, grace: float) -> None:
         # A short path: a Unix socket's path is limited to 107 bytes.
         self.directory = Path(tempfile.mkdtemp(prefix="pytest-expire-"))
         self.address = format_address(str(socket_path(self.directory)))
@@ -119,6 +126,7 @@ class SessionWatchdog:
                     "pytest_expire.watchdog_process",
                     str(self.directory),
                     str(os.getpid()),
+                    repr(grace),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -169,34 +177,3 @@ class SessionWatchdog:
 def socket_path(directory: Path) -> Path:
     """Where the watchdog of the session with ``directory`` listens."""
     return directory / "watchdog.sock"
-
-
-class WatchdogClient:
-    """A test process's link to the watchdog: arms and releases a test's two timers.
-
-    The timers are prepared once (``UnixSocketTimerClient.prepare``): for
-    each test, arming them and releasing them are one write each, of bytes
-    made ahead with the times packed in.
-    """
-
-    def __init__(self, address: str) -> None:
-        client = UnixSocketTimerClient(address, signal=INTERRUPT_SIGNAL)
-        self._timers = client.prepare(
-            [(INTERRUPT_SCOPE, INTERRUPT_SIGNAL), (KILL_SCOPE, signal.SIGKILL)]
-        )
-        self._client = client
-        self._armed = False
-
-    def arm(self, expiration_time: float, grace: float) -> None:
-        """Interrupt the test at ``expiration_time``, kill its process ``grace`` seconds later."""
-        self._timers.acquire(expiration_time, expiration_time + grace)
-        self._armed = True
-
-    def disarm(self) -> None:
-        """Release the timers, if armed."""
-        if self._armed:
-            self._armed = False
-            self._timers.release()
-
-    def close(self) -> None:
-        self._client.close()

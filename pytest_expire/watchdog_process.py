@@ -8,8 +8,9 @@ child, some 0.3 s per session), and no multiprocessing bookkeeping in the
 pytest process, whose forked workers would inherit it and, at their exit,
 terminate the watchdog as a child of theirs.
 
-Arguments: the session's directory, and the PID of the pytest process that
-started it (the host whose descendants it may signal; it dies with it). It
+Arguments: the session's directory, the PID of the pytest process that
+started it (the host whose descendants it may signal; it dies with it), and
+the grace period between a test's interrupt and its kill. It
 writes ``ready`` to its standard output once clients can connect, then
 serves until SIGTERM.
 """
@@ -21,14 +22,14 @@ import signal
 import sys
 from pathlib import Path
 
-from pytest_expire.diagnose import Diagnose
+from pytest_expire.escalation import Escalation
 from pytest_expire.timer._watchdog import die_with_parent
 from pytest_expire.timer.unix_socket_timer import UnixSocketTimerServer, format_address
 from pytest_expire.watchdog import READY, socket_path
 
 
 def main(argv: list[str]) -> None:
-    directory, host_pid = Path(argv[0]), int(argv[1])
+    directory, host_pid, grace = Path(argv[0]), int(argv[1]), float(argv[2])
     # Ctrl-C is for pytest, which still needs its watchdog while it tears down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # SIGTERM (from stop(), or from the kernel when the host dies) is waited
@@ -36,12 +37,14 @@ def main(argv: list[str]) -> None:
     # never takes it.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     die_with_parent(host_pid, signal.SIGTERM)
+    escalation = Escalation(directory, grace, run_id="pytest-expire")
     server = UnixSocketTimerServer(
         address=format_address(str(socket_path(directory))),
-        run_id="pytest-expire",
-        on_expired=Diagnose(directory),
+        run_id=escalation.run_id,
+        on_expired=escalation,
         host_pid=host_pid,
     )
+    escalation.server = server
     server.start()
     os.write(sys.stdout.fileno(), READY)
     os.close(sys.stdout.fileno())

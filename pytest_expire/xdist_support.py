@@ -58,4 +58,4 @@ class CrashReporter:
             pid = int(xdist_worker_path(self.directory, workerinput["workerid"]).read_text())
         except (FileNotFoundError, ValueError):
             return ""  # the worker died before its first deadline: not killed by us
-        return read_diagnosis(self.directory, pid, killed=True)
+        return read_diagnosis(self.directory, pid, killed=True) or ""

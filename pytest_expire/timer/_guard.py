@@ -163,6 +163,19 @@ class ReapGuard:
         self._pidfds, self._pids_by_fd, self._exits = {}, {}, None
         self._forks_seen = _forks
 
+    def pidfd(self, pid: int) -> int | None:
+        """A new pidfd of the worker remembered for ``pid`` (the caller closes it); None if none.
+
+        For someone who acts on the worker later than its timer's expiry: the
+        pidfd keeps naming the process that armed the timer, whatever
+        happens to its PID meanwhile.
+        """
+        self._adopt()
+        pidfd = self._pidfds.get(pid)
+        if pidfd is None or _has_exited(pidfd):
+            return None
+        return os.dup(pidfd)
+
     def forget(self, pid: object) -> None:
         """Drop the identity of a worker that was reaped or is known gone."""
         self._adopt()
@@ -218,7 +231,7 @@ class ReapGuard:
                 logger.info("worker %d is gone, nothing to signal", pid)
             self.forget(pid)
             return True
-        if not self._may_signal(pid):
+        if not self.may_signal(pid):
             logger.warning(
                 "refusing to signal %d: not a descendant of host process %d and not admitted",
                 pid,
@@ -236,7 +249,8 @@ class ReapGuard:
         logger.info("sent signal %d to worker %d", signum, pid)
         return True
 
-    def _may_signal(self, pid: int) -> bool:
+    def may_signal(self, pid: int) -> bool:
+        """Whether ``pid`` is the host, one of its descendants, or admitted."""
         if pid == self.host_pid or pid in self._admitted:
             return True
         import psutil

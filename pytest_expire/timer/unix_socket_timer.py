@@ -802,6 +802,23 @@ class UnixSocketTimerServer(Watchdog):
             )
         self._guard.admit(pid)
 
+    def worker_pidfd(self, pid: int) -> int | None:
+        """A new pidfd of the process that armed timers as ``pid``, if it still runs and may
+        be signalled (``host_pid``'s descendant or admitted); the caller closes it.
+
+        Call it from ``on_expired`` (the server's thread): an ``on_expired``
+        that acts later (a diagnosis, an escalation) signals through it, and
+        so never reaches another process that got the PID meanwhile.
+        """
+        if not self._guard.may_signal(pid):
+            logger.warning(
+                "refusing to act on %d: not a descendant of host process %d and not admitted",
+                pid,
+                self._guard.host_pid,
+            )
+            return None
+        return self._guard.pidfd(pid)
+
     def stop(self) -> None:
         in_process = self._watchdog_process is not None
         super().stop()

@@ -1,0 +1,165 @@
+"""A test process's link to its session's watchdog: one per process, shared by nested sessions.
+
+A process that runs tests arms, for the test it runs, one timer with the
+watchdog (scope ``watchdog.TEST_SCOPE``, no signal of the server's own: what
+happens at the deadline is the watchdog's escalation, ``escalation``). The
+timer's expiration time is the deadline's token (``verdict``), which the
+process also writes into its verdict page, where the watchdog writes its
+word back. Arming is one write of bytes made ahead
+(``UnixSocketTimerClient.prepare``) and one store into the page.
+
+One link serves every pytest session of the process: a session run inside a
+test (pytester's in-process runs, ``pytest.main()`` from a test) arms its
+tests' deadlines inside the outer test's, and the watchdog holds the
+earliest of them. The interrupt handler, the dump registration and the
+verdict page are the process's, so a nested session's end must not undo
+them: the link is closed when its last session ends. A forked child starts
+without a link (its parent's deadlines are not its own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+from pytest_expire import interrupt, stacks
+from pytest_expire.interrupt import Deadline
+from pytest_expire.timer.unix_socket_timer import TimerServerError, UnixSocketTimerClient
+from pytest_expire.verdict import Tokens, VerdictPage, page_path, wall_clock
+from pytest_expire.watchdog import TEST_SCOPE
+
+
+class Link:
+    """This process's timer on the watchdog, its verdict page, and its armed deadlines."""
+
+    def __init__(self, address: str, directory: Path) -> None:
+        self.directory = directory
+        # Signal 0: the server itself signals nobody; the watchdog's escalation does.
+        self._client = UnixSocketTimerClient(address, signal=0)
+        self._timer = self._client.prepare([(TEST_SCOPE, 0)])
+        self.page = VerdictPage.create(directory)
+        self._tokens = Tokens(self.page)
+        self._sessions = 0
+        self._lost: str | None = None
+        stacks.register(directory)
+        interrupt.on_debugger = self.pause
+        interrupt.install(self.page)
+
+    def arm(self, nodeid: str, seconds: float) -> Deadline:
+        """Arm a deadline of ``seconds`` from now for test ``nodeid``."""
+        deadline = Deadline(nodeid, seconds, self._tokens.new(seconds))
+        interrupt.armed.append(deadline)
+        self._publish()
+        return deadline
+
+    def renew(self, deadline: Deadline) -> None:
+        """Give ``deadline`` its whole time again, from now (a rerun, or back from a debugger)."""
+        deadline.token = self._tokens.new(deadline.seconds)
+        deadline.paused = False
+        deadline.expired_in = None
+        deadline.notes.clear()
+        self._publish()
+
+    def pause(self, deadline: Deadline) -> None:
+        """Stop ``deadline``'s clock: someone is looking at its test in a debugger."""
+        deadline.paused = True
+        self._publish()
+
+    def disarm(self, deadline: Deadline) -> None:
+        """The test of ``deadline`` ended."""
+        armed = interrupt.armed
+        for position in range(len(armed) - 1, -1, -1):
+            if armed[position] is deadline:
+                del armed[position]
+                break
+        self._publish()
+
+    def expired(self, deadline: Deadline) -> bool:
+        """Whether ``deadline`` passed: the watchdog said so, or it is behind this clock.
+
+        The clock is ``verdict.wall_clock``, which no patch of ``time`` reaches;
+        it catches a phase that ended after its deadline before the watchdog
+        got to it. A deadline paused for a debugger has not passed: its test
+        has no deadline while someone looks at it.
+        """
+        return not deadline.paused and (
+            self.page.expired(deadline.token) or wall_clock() >= deadline.token
+        )
+
+    def _publish(self) -> None:
+        """Hold the earliest running deadline with the watchdog, or none."""
+        tokens = [deadline.token for deadline in interrupt.armed if not deadline.paused]
+        try:
+            if tokens:
+                token = min(tokens)
+                self.page.arm(token)
+                self._timer.acquire(token)
+            else:
+                self.page.disarm()
+                self._timer.release()
+        except TimerServerError as exc:
+            self._watchdog_lost(exc)
+
+    def _watchdog_lost(self, exc: TimerServerError) -> None:
+        # Said once; the session goes on, its verdicts kept by this process's clock.
+        if self._lost is None:
+            self._lost = str(exc)
+            sys.stderr.write(
+                f"pytest-expire: {exc}; the tests of process {os.getpid()} go on without "
+                "their watchdog (no stacks, no interrupt, no kill; a test that ends after "
+                "its deadline still fails)\n"
+            )
+
+    def join(self) -> Link:
+        """A session of this process uses the link; it will :meth:`leave` it."""
+        self._sessions += 1
+        return self
+
+    def leave(self) -> None:
+        """A session is done with the link; the last one closes it."""
+        global _link
+        self._sessions -= 1
+        if self._sessions == 0:
+            if _link is self:
+                _link = None
+            self.close()
+
+    def close(self) -> None:
+        """Undo what the link did to the process: timer, handler, dump registration, page."""
+        interrupt.uninstall()
+        interrupt.on_debugger = None
+        stacks.unregister()
+        with contextlib.suppress(TimerServerError):
+            self._timer.release()
+        self._client.close()
+        self.page.close()
+        page_path(self.directory, os.getpid()).unlink(missing_ok=True)
+
+
+_link: Link | None = None
+
+
+def new_link(address: str, directory: Path) -> Link:
+    """Link this process to the watchdog at ``address``; :func:`current_link` from now on."""
+    global _link
+    assert _link is None, "a process has one link"
+    _link = Link(address, directory)
+    return _link
+
+
+def current_link() -> Link | None:
+    """The link of this process, if a session opened one."""
+    return _link
+
+
+def _forget_in_child() -> None:
+    """A forked child runs none of its parent's tests: no link, no armed deadline."""
+    global _link
+    if _link is not None:
+        _link = None
+        interrupt.armed.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)

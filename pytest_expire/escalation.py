@@ -1,0 +1,145 @@
+"""What the watchdog does when a test's deadline passes: say so, diagnose, interrupt, kill.
+
+Runs in the watchdog process only (``watchdog_process``). The timer server
+calls :class:`Escalation` from its loop when a test's timer expires; it
+writes the watchdog's word into the test's verdict page at once (from then
+on the test fails as expired, however it ends: ``verdict``) and hands the
+rest to a thread of its own, so that a slow diagnosis (a stopped process
+that never dumps, py-spy reading a large tree) never holds up the loop and
+the deadlines of other tests. Each step happens only while the test still
+runs (the page names its token as armed):
+
+1. Diagnose: the stacks of the test's process and of every process it
+   started, written where the test's process reads them into its report,
+   and logged through ``debug_info_logging``.
+2. Interrupt: :data:`~pytest_expire.signals.INTERRUPT_SIGNAL`, if the
+   process handles it (a test may have reset it).
+3. Kill, a grace period after the interrupt was really sent: the stacks
+   again (with native frames), then the test's process is stopped, so that
+   it cannot go on while its children die, then its descendants and it are
+   killed. Never skipped because the watchdog was late: a kill owed is sent.
+
+Every signal goes through the pidfd the server opened when the test's
+process connected, so none reaches a process that reused its PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from pytest_expire import diagnose
+from pytest_expire.signals import INTERRUPT_SIGNAL, handles
+from pytest_expire.timer import debug_info_logging
+from pytest_expire.timer.file_based_local_timer import FileTimerRequest
+from pytest_expire.timer.unix_socket_timer import UnixSocketTimerServer
+from pytest_expire.verdict import VerdictPage
+from pytest_expire.watchdog import TEST_SCOPE, is_supervised, write_diagnosis
+
+logger = logging.getLogger(__name__)
+
+# How often the grace period looks whether the interrupted test ended.
+_POLL = 0.02
+
+
+class Escalation:
+    """The server's ``on_expired``: one escalation thread per expired test."""
+
+    def __init__(self, directory: Path, grace: float, run_id: str) -> None:
+        self.directory = directory
+        self.grace = grace
+        self.run_id = run_id
+        # Set once the server exists (it takes this object as its on_expired).
+        self.server: UnixSocketTimerServer | None = None
+
+    def __call__(self, pid: int, timers: list[FileTimerRequest]) -> None:
+        token = next((t.expiration_time for t in timers if t.scope_id == TEST_SCOPE), None)
+        if token is None or self.server is None:
+            return
+        page = VerdictPage.of(self.directory, pid)
+        if page is None:
+            logger.warning("process %d armed a test's timer but has no verdict page", pid)
+            return
+        if page.armed() != token:
+            page.close()  # the test ended: its release is on its way
+            return
+        page.mark_expired(token)
+        pidfd = self.server.worker_pidfd(pid)
+        if pidfd is None:
+            page.close()
+            return
+        threading.Thread(
+            target=self._escalate,
+            args=(pid, pidfd, page, token, [timer.to_json() for timer in timers]),
+            name=f"escalation-{pid}",
+            daemon=True,
+        ).start()
+
+    def _escalate(
+        self, pid: int, pidfd: int, page: VerdictPage, token: float, timers: list[str]
+    ) -> None:
+        try:
+            text = diagnose.stacks_of_tree(self.directory, pid)
+            write_diagnosis(self.directory, pid, token, text)
+            debug_info_logging.log_debug_info_for_expired_timers(
+                self.run_id, {pid: timers}, stacks={pid: text}
+            )
+            if page.armed() != token:
+                return
+            if handles(pid, INTERRUPT_SIGNAL):
+                _send(pidfd, INTERRUPT_SIGNAL)
+            if self._ends_within_grace(pidfd, page, token):
+                return
+            self._kill(pid, pidfd, page, token)
+        except Exception:
+            logger.exception("the escalation of process %d's expired test failed", pid)
+        finally:
+            os.close(pidfd)
+            page.close()
+
+    def _ends_within_grace(self, pidfd: int, page: VerdictPage, token: float) -> bool:
+        """Wait out the grace period from now; whether the test ended (or its process)."""
+        kill_at = time.monotonic() + self.grace
+        while page.armed() == token:
+            remaining = kill_at - time.monotonic()
+            if remaining <= 0:
+                return False
+            readable, _, _ = select.select([pidfd], [], [], min(remaining, _POLL))
+            if readable:
+                return True  # the process exited
+        return True
+
+    def _kill(self, pid: int, pidfd: int, page: VerdictPage, token: float) -> None:
+        text = diagnose.stacks_of_tree(self.directory, pid, native=True)
+        # Stopped first: it cannot end the test (and report it passed) while
+        # its children die, and the page cannot change any more.
+        _send(pidfd, signal.SIGSTOP)
+        if page.armed() != token:
+            _send(pidfd, signal.SIGCONT)  # it ended the test while its stacks were read
+            return
+        write_diagnosis(self.directory, pid, token, text, killed=True)
+        notice = (
+            f"pytest-expire: the test running in process {pid} did not end "
+            f"{self.grace:g} s after its interrupt; killing it"
+        )
+        # Supervised, the stacks go into the test's report; otherwise this
+        # is the last the user hears of the session.
+        print(
+            notice if is_supervised(self.directory) else f"{notice}. Its stacks:\n{text}",
+            file=sys.stderr,
+            flush=True,
+        )
+        diagnose.kill_descendants(self.directory, pid)
+        _send(pidfd, signal.SIGKILL)
+
+
+def _send(pidfd: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(pidfd, signum)
