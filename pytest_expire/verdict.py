@@ -15,11 +15,11 @@ directory that both map shared, holding three numbers:
   process that reuses the PID of a dead one is never taken for it.
 
 A deadline's *token* is its expiration time as armed, kept apart from the
-tokens the watchdog may still speak of (:class:`Tokens`), and the timer the watchdog holds carries it
-bit for bit. The test's process reads the page at the end of each phase and
-in its interrupt handler (a load from memory: nothing per test but that);
-the watchdog reads ``armed`` to know whether the expired test is still
-running before it interrupts or kills.
+tokens the watchdog may still speak of (:class:`Tokens`), and the timer the
+watchdog holds carries it bit for bit. The test's process reads the page at
+the end of each phase and in its interrupt handler (a load from memory:
+nothing per test but that); the watchdog reads ``armed`` to know whether
+the expired test is still running before it interrupts or kills.
 
 Times come from :data:`wall_clock`, the real-time clock taken when this
 module was imported: a test that patches ``time.time`` does not move it.
