@@ -13,6 +13,10 @@ def test_slow():
     time.sleep(0.8)
 """
 
+#: What a refused value says, as fnmatch patterns.
+EMPTY = "expected a number of seconds, got an empty value (0 means none)"
+TOO_LONG = "expected at most 315360000 seconds (10 years: longer than any test run*"
+
 
 def run_slow(pytester: pytest.Pytester, *args: str, decorator: str = "") -> pytest.RunResult:
     pytester.makepyfile(test_slow=SLOW_TEST.format(decorator=decorator))
@@ -137,6 +141,15 @@ def test_disabled_with_p_no_expire(pytester: pytest.Pytester) -> None:
         (["--expire-default=soon"], "*argument --expire-default: expected a number of seconds*"),
         (["--expire-default=-5"], "*argument --expire-default: *>= 0, got '-5'*"),
         (["--expire-grace=x"], "*argument --expire-grace: expected a number of seconds*"),
+        # An unset shell variable must not switch the deadlines off unnoticed.
+        (["--expire-default="], f"*argument --expire-default: {EMPTY}*"),
+        (["--expire-grace="], f"*argument --expire-grace: {EMPTY}*"),
+        (["--expire-default=1e9"], f"*argument --expire-default: {TOO_LONG}, got '1e9'*"),
+        (["--expire-grace=1e9"], f"*argument --expire-grace: {TOO_LONG}, got '1e9'*"),
+        (["--expire-default=1e400"], "*argument --expire-default: *finite*, got '1e400'*"),
+        (["--expire-default=inf"], "*argument --expire-default: *finite*, got 'inf'*"),
+        (["--expire-grace=1e400"], "*argument --expire-grace: *finite*, got '1e400'*"),
+        (["--expire-grace=nan"], "*argument --expire-grace: *finite*, got 'nan'*"),
     ],
 )
 def test_bad_options_are_usage_errors(
@@ -163,12 +176,103 @@ def test_bad_ini_and_env_are_usage_errors(
 
 
 @pytest.mark.parametrize(
+    ("source", "value", "message"),
+    [
+        ("env", "1e400", "environment PYTEST_EXPIRE_DEFAULT: *finite*"),
+        ("env", "nan", "environment PYTEST_EXPIRE_DEFAULT: *finite*"),
+        ("env", "1e9", f"environment PYTEST_EXPIRE_DEFAULT: {TOO_LONG}*"),
+        ("expire_default", "inf", "ini expire_default: *finite*"),
+        ("expire_default", "1e9", f"ini expire_default: {TOO_LONG}*"),
+        ("expire_grace", "1e400", "ini expire_grace: *finite*"),
+        ("expire_grace", "nan", "ini expire_grace: *finite*"),
+        ("expire_grace", "1e9", f"ini expire_grace: {TOO_LONG}*"),
+    ],
+)
+def test_infinite_and_huge_ini_and_env_values_are_usage_errors(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+    value: str,
+    message: str,
+) -> None:
+    pytester.makepyfile("def test_ok(): pass")
+    if source == "env":
+        monkeypatch.setenv("PYTEST_EXPIRE_DEFAULT", value)
+    else:
+        pytester.makeini(f"[pytest]\n{source} = {value}\n")
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{message}"])
+    assert "Traceback" not in result.stderr.str()
+
+
+@pytest.mark.parametrize(
+    ("ini", "args", "grace"),
+    [
+        ("expire_grace = 0", [], "0 s"),
+        ("", ["--expire-grace=0"], "0 s"),
+        ("expire_grace =", [], "5 s"),
+    ],
+)
+def test_a_grace_of_zero_is_zero_and_only_empty_is_unset(
+    pytester: pytest.Pytester, ini: str, args: list[str], grace: str
+) -> None:
+    pytester.makepyfile("def test_ok(): pass")
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"expire: no default deadline, grace {grace}"])
+
+
+def test_an_ini_grace_of_zero_kills_right_after_the_interrupt(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nexpire_default = 0.5\nexpire_grace = 0\n")
+    pytester.makepyfile(
+        """
+        import time
+
+        def test_hangs():
+            while True:
+                try:
+                    time.sleep(3600)
+                except BaseException:
+                    pass
+
+        def test_still_runs():
+            pass
+        """
+    )
+    # pytest-rerunfailures, where installed beside xdist, starts a thread in
+    # pytest's process, which then runs the tests itself, unforked: the kill
+    # would end the session before it reports.
+    result = pytester.runpytest_subprocess("-p", "no:rerunfailures", timeout=60)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_hangs expired after 0.5 s*was killed 0 s later*"])
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_environment_variable_counts_as_unset(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, empty: str
+) -> None:
+    """Documented: an empty variable passes to the ini's value, unlike an empty option."""
+    monkeypatch.setenv("PYTEST_EXPIRE_DEFAULT", empty)
+    pytester.makeini("[pytest]\nexpire_default = 0.3\n")
+    result = run_slow(pytester)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["expire: default 0.3 s (ini), grace 5 s"])
+
+
+@pytest.mark.parametrize(
     ("marker", "message"),
     [
         ("expires('60')", "got '60'"),
         ("expires(-1)", ">= 0"),
         ("expires(1, 2)", "got 2 values"),
         ("expires(seconds=1)", "unknown keyword seconds"),
+        ("expires(after=1, seconds=2)", "unknown keyword seconds"),
+        ("expires(True)", "got True"),
+        ("expires(float('inf'))", "finite"),
+        ("expires(10**400)", f"{TOO_LONG}, got an integer of over 300 digits"),
+        ("expires(10**9)", f"{TOO_LONG}, got 1e+09"),
     ],
 )
 def test_bad_markers_are_usage_errors_naming_the_test(
@@ -186,9 +290,13 @@ def test_bad_markers_are_usage_errors_naming_the_test(
     result = pytester.runpytest_subprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        [f"*test_bad_markers_are_usage_errors_naming_the_test.py::test_marked*{message}*"]
+        [
+            "*test_bad_markers_are_usage_errors_naming_the_test.py::test_marked: "
+            f"@pytest.mark.expires*{message}*"
+        ]
     )
     assert "Traceback" not in result.stderr.str()
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
 
 
 def test_a_bad_marker_is_a_usage_error_in_a_supervised_session_too(
