@@ -188,9 +188,9 @@ class ExpirePlugin:
             if not self.link.expired(deadline):
                 return
             deadline.expired_in = report.when
-            _fail_as_expired(report, deadline.message())
         elif deadline.expired_in != report.when:
             return
+        _fail_as_expired(report, deadline.message())
         report.sections.append(
             (
                 f"expired: {report.nodeid} after {format_seconds(deadline.seconds)}",
@@ -217,9 +217,16 @@ class ExpirePlugin:
 
 
 def _fail_as_expired(report: pytest.TestReport, message: str) -> None:
-    """Make ``report`` the failure of an expired test, keeping what else it said."""
-    if report.failed and report.longrepr:
-        message = f"{message}\n\nBefore that, it failed:\n{report.longrepr}"
+    """Make ``report`` the failure of an expired test, keeping what else it said.
+
+    A report of the interrupt itself says so already; one that passed (the
+    test swallowed the interrupt, or ended on its own past its deadline)
+    or failed otherwise is told.
+    """
+    if report.failed:
+        if message in str(report.longrepr):
+            return
+        message = f"{message}\n\nIt also failed:\n{report.longrepr}"
     report.outcome = "failed"
     report.longrepr = message
     if hasattr(report, "wasxfail"):

@@ -1,0 +1,240 @@
+"""A test that ran past its deadline is never reported as passed, whatever it did.
+
+Each scenario is a real pytest session in a subprocess, with the hang or the
+trick a test suite really plays: an exec'd child, a swallowed interrupt, a
+blocking call the dump signal cuts short, a frozen clock, a pytest session
+run inside a test, a watchdog late because another worker's tree is slow to
+dump.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+from snippets import FOLLOWER
+
+ARGS = ("--expire-default=0.5", "--expire-grace=1", "-rA", "-p", "no:randomly")
+
+
+def run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
+    pytester.makepyfile(test_suite=textwrap.dedent(source) + FOLLOWER)
+    return pytester.runpytest_subprocess(*ARGS, *args, timeout=120)
+
+
+def test_an_execd_child_is_not_ended_by_the_dump_signal(pytester: pytest.Pytester) -> None:
+    # The child keeps its PID and start time across exec, but not the
+    # dump handler it inherited: the dump signal would end it, and the
+    # test's wait would return as if it had finished.
+    result = run(
+        pytester,
+        """
+        import os, subprocess, sys
+
+        def test_waits_for_a_child():
+            child = subprocess.run(
+                [sys.executable, "-c", "import time; time.sleep(60)"], preexec_fn=os.setpgrp
+            )
+            assert child.returncode == 0
+        """,
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_waits_for_a_child expired after 0.5 s (in call)*"])
+    result.stdout.no_fnmatch_line("*AssertionError*")
+
+
+def test_a_test_that_swallows_its_interrupt_and_returns_fails(pytester: pytest.Pytester) -> None:
+    result = run(
+        pytester,
+        """
+        import time
+
+        def test_swallows():
+            try:
+                time.sleep(30)
+            except BaseException:
+                pass
+        """,
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_swallows expired after 0.5 s (in call)*"])
+
+
+def test_a_c_call_woken_early_by_the_dump_signal_fails(pytester: pytest.Pytester) -> None:
+    # libc's sleep() returns early when a signal with a handler arrives:
+    # the test ends right after its stacks were taken, before its interrupt.
+    result = run(
+        pytester,
+        """
+        import ctypes
+
+        def test_sleeps_in_c():
+            ctypes.CDLL(None).sleep(30)
+        """,
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_sleeps_in_c expired after 0.5 s (in call)*"])
+
+
+def test_a_phase_that_ends_past_its_deadline_fails_in_that_phase(
+    pytester: pytest.Pytester,
+) -> None:
+    result = run(
+        pytester,
+        """
+        import signal, time
+        import pytest
+        from pytest_expire.signals import INTERRUPT_SIGNAL
+
+        @pytest.fixture
+        def slow_teardown():
+            yield
+            # No interrupt can reach this teardown; it ends within the grace.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {INTERRUPT_SIGNAL})
+            try:
+                time.sleep(0.8)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {INTERRUPT_SIGNAL})
+
+        def test_quick_call(slow_teardown):
+            pass
+        """,
+    )
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*test_quick_call expired after 0.5 s (in teardown)*"])
+
+
+def test_a_clock_frozen_in_a_conftest_does_not_stop_the_deadline(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest(
+        """
+        import time
+
+        time.time = lambda: 1_000_000_000.0
+        time.monotonic = lambda: 1000.0
+        """
+    )
+    result = run(
+        pytester,
+        """
+        import time
+
+        def test_hangs():
+            for _ in range(200):
+                time.sleep(0.1)
+        """,
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_hangs expired after 0.5 s (in call)*"])
+    result.stdout.no_fnmatch_line("*killed*")
+
+
+def test_a_clock_frozen_by_the_test_does_not_keep_its_interrupt_off(
+    pytester: pytest.Pytester,
+) -> None:
+    result = run(
+        pytester,
+        """
+        import time
+
+        def test_hangs(monkeypatch):
+            monkeypatch.setattr(time, "time", lambda: 0.0)
+            for _ in range(200):
+                time.sleep(0.1)
+        """,
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    # Interrupted where it hangs, not killed for "not stopping".
+    result.stdout.fnmatch_lines(["*test_hangs expired after 0.5 s (in call)*"])
+    result.stdout.no_fnmatch_line("*killed*")
+
+
+def test_a_pytest_session_inside_a_test_leaves_the_outer_deadline_alone(
+    pytester: pytest.Pytester,
+) -> None:
+    result = run(
+        pytester,
+        """
+        import time
+        import pytest
+
+        pytest_plugins = ["pytester"]
+
+        @pytest.mark.expires(2)
+        def test_runs_pytest_inside(pytester):
+            pytester.makepyfile(test_inner="def test_inner(): pass")
+            pytester.runpytest_inprocess("--expire-default=5", "-p", "no:randomly")
+            time.sleep(10)
+
+        def test_expires_after_it():
+            time.sleep(10)
+        """,
+    )
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_runs_pytest_inside expired after 2 s (in call)*",
+            "*test_expires_after_it expired after 0.5 s (in call)*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*killed*")
+    result.stdout.no_fnmatch_line("*INTERNALERROR*")
+
+
+def test_a_session_inside_a_test_has_deadlines_of_its_own(pytester: pytest.Pytester) -> None:
+    result = run(
+        pytester,
+        """
+        import pytest
+
+        pytest_plugins = ["pytester"]
+
+        @pytest.mark.expires(20)
+        def test_runs_a_hanging_session(pytester):
+            pytester.makepyfile(test_inner="import time\\ndef test_inner(): time.sleep(10)")
+            inner = pytester.runpytest_inprocess("--expire-default=0.5", "-p", "no:randomly")
+            inner.assert_outcomes(failed=1)
+        """,
+    )
+    result.assert_outcomes(passed=2)
+
+
+def test_a_late_watchdog_still_kills(pytester: pytest.Pytester) -> None:
+    # One worker's test leaves a stopped child, which never dumps: its
+    # diagnosis takes the longest it may. The other's test ignores its
+    # interrupt: it must be killed a grace period after the interrupt.
+    pytest.importorskip("xdist")
+    result = run(
+        pytester,
+        """
+        import os, signal, time
+        import pytest
+
+        @pytest.fixture
+        def stopped_child():
+            pid = os.fork()
+            if pid == 0:
+                os.kill(os.getpid(), signal.SIGSTOP)
+                os._exit(0)
+            yield
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+        def test_with_a_stopped_child(stopped_child):
+            time.sleep(30)
+
+        def test_ignores_its_interrupt():
+            while True:
+                try:
+                    time.sleep(30)
+                except BaseException:
+                    pass
+        """,
+        "-n",
+        "2",
+        "--expire-grace=0.2",
+    )
+    result.assert_outcomes(passed=1, failed=2)
+    assert result.duration < 20
+    result.stdout.fnmatch_lines(["FAILED *test_ignores_its_interrupt*"])
