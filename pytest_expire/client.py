@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pytest_expire import interrupt, stacks
@@ -30,12 +32,18 @@ from pytest_expire.timer.unix_socket_timer import TimerServerError, UnixSocketTi
 from pytest_expire.verdict import Tokens, VerdictPage, page_path, wall_clock
 from pytest_expire.watchdog import TEST_SCOPE
 
+# How long a process waits for a new watchdog once it found its own gone
+# (one watchdog start: an interpreter and a few imports), and how often it tries.
+_RECONNECT_TIMEOUT = 10.0
+_RECONNECT_POLL = 0.05
+
 
 class Link:
     """This process's timer on the watchdog, its verdict page, and its armed deadlines."""
 
-    def __init__(self, address: str, directory: Path) -> None:
+    def __init__(self, address: str, directory: Path, revive: Callable[[], object]) -> None:
         self.directory = directory
+        self._revive = revive
         # Signal 0: the server itself signals nobody; the watchdog's escalation does.
         self._client = UnixSocketTimerClient(address, signal=0)
         self._timer = self._client.prepare([(TEST_SCOPE, 0)])
@@ -91,26 +99,53 @@ class Link:
     def _publish(self) -> None:
         """Hold the earliest running deadline with the watchdog, or none."""
         tokens = [deadline.token for deadline in interrupt.armed if not deadline.paused]
+        token = min(tokens) if tokens else 0.0
+        if token:
+            self.page.arm(token)
+        else:
+            self.page.disarm()
         try:
-            if tokens:
-                token = min(tokens)
-                self.page.arm(token)
-                self._timer.acquire(token)
-            else:
-                self.page.disarm()
-                self._timer.release()
+            self._send(token)
         except TimerServerError as exc:
-            self._watchdog_lost(exc)
+            self._reconnect(token, exc)
 
-    def _watchdog_lost(self, exc: TimerServerError) -> None:
-        # Said once; the session goes on, its verdicts kept by this process's clock.
+    def _send(self, token: float) -> None:
+        if token:
+            self._timer.acquire(token)
+        else:
+            self._timer.release()
+
+    def _reconnect(self, token: float, exc: TimerServerError) -> None:
+        """The watchdog is gone: have it revived, and hold the deadline with the new one.
+
+        Its owner starts a new one (this process, through ``revive``, or a
+        supervisor or an xdist controller that watches it), which adopts the
+        deadline the page shows armed. Waited for once per loss; a watchdog
+        that does not come back is said once, and the tests go on, their
+        verdicts kept by this process's clock.
+        """
         if self._lost is None:
+            self._revive()
+            waited_until = time.monotonic() + _RECONNECT_TIMEOUT
+            while True:
+                try:
+                    self._send(token)
+                    return
+                except TimerServerError as again:
+                    exc = again
+                if time.monotonic() >= waited_until:
+                    break
+                time.sleep(_RECONNECT_POLL)
             self._lost = str(exc)
             sys.stderr.write(
                 f"pytest-expire: {exc}; the tests of process {os.getpid()} go on without "
                 "their watchdog (no stacks, no interrupt, no kill; a test that ends after "
                 "its deadline still fails)\n"
             )
+        else:
+            with contextlib.suppress(TimerServerError):
+                self._send(token)
+                self._lost = None
 
     def join(self) -> Link:
         """A session of this process uses the link; it will :meth:`leave` it."""
@@ -141,11 +176,15 @@ class Link:
 _link: Link | None = None
 
 
-def new_link(address: str, directory: Path) -> Link:
-    """Link this process to the watchdog at ``address``; :func:`current_link` from now on."""
+def new_link(address: str, directory: Path, revive: Callable[[], object]) -> Link:
+    """Link this process to the watchdog at ``address``; :func:`current_link` from now on.
+
+    ``revive`` is called when the watchdog is found gone: it starts a new
+    one if this process owns it (others' owners watch theirs).
+    """
     global _link
     assert _link is None, "a process has one link"
-    _link = Link(address, directory)
+    _link = Link(address, directory, revive)
     return _link
 
 

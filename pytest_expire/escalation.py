@@ -40,13 +40,15 @@ from pytest_expire.signals import INTERRUPT_SIGNAL, handles
 from pytest_expire.timer import debug_info_logging
 from pytest_expire.timer.file_based_local_timer import FileTimerRequest
 from pytest_expire.timer.unix_socket_timer import UnixSocketTimerServer
-from pytest_expire.verdict import VerdictPage
+from pytest_expire.verdict import VerdictPage, wall_clock
 from pytest_expire.watchdog import TEST_SCOPE, is_supervised, write_diagnosis
 
 logger = logging.getLogger(__name__)
 
 # How often the grace period looks whether the interrupted test ended.
 _POLL = 0.02
+# How often an adopted deadline looks whether its test ended before it.
+_ADOPTED_POLL = 0.1
 
 
 class Escalation:
@@ -67,25 +69,69 @@ class Escalation:
         if page is None:
             logger.warning("process %d armed a test's timer but has no verdict page", pid)
             return
-        if page.armed() != token:
-            page.close()  # the test ended: its release is on its way
-            return
-        page.mark_expired(token)
         pidfd = self.server.worker_pidfd(pid)
         if pidfd is None:
             page.close()
             return
+        self._start(pid, pidfd, page, token, [timer.to_json() for timer in timers])
+
+    def adopt_armed(self) -> int:
+        """Take over the deadlines a watchdog that died left armed; how many there were.
+
+        Call it before the server starts. A test's process that lost its
+        watchdog arms its next deadline with the new one; the deadline it
+        runs under now is only in its verdict page, and is escalated from
+        there, at its time.
+        """
+        assert self.server is not None
+        adopted = 0
+        for path in self.directory.glob("verdict-*.bin"):
+            try:
+                pid = int(path.stem.partition("-")[2])
+            except ValueError:
+                continue
+            page = VerdictPage.of(self.directory, pid)
+            token = page.armed() if page is not None else 0.0
+            pidfd = self.server.worker_pidfd(pid) if token else None
+            if page is None or pidfd is None:
+                if page is not None:
+                    page.close()
+                continue
+            self._start(pid, pidfd, page, token, [], at=token)
+            adopted += 1
+        return adopted
+
+    def _start(
+        self,
+        pid: int,
+        pidfd: int,
+        page: VerdictPage,
+        token: float,
+        timers: list[str],
+        at: float | None = None,
+    ) -> None:
         threading.Thread(
             target=self._escalate,
-            args=(pid, pidfd, page, token, [timer.to_json() for timer in timers]),
+            args=(pid, pidfd, page, token, timers, at),
             name=f"escalation-{pid}",
             daemon=True,
         ).start()
 
     def _escalate(
-        self, pid: int, pidfd: int, page: VerdictPage, token: float, timers: list[str]
+        self,
+        pid: int,
+        pidfd: int,
+        page: VerdictPage,
+        token: float,
+        timers: list[str],
+        at: float | None,
     ) -> None:
         try:
+            if at is not None and not _wait_until(at, pidfd, page, token):
+                return
+            if page.armed() != token:
+                return  # the test ended: its release is on its way
+            page.mark_expired(token)
             text = diagnose.stacks_of_tree(self.directory, pid)
             write_diagnosis(self.directory, pid, token, text)
             debug_info_logging.log_debug_info_for_expired_timers(
@@ -138,6 +184,18 @@ class Escalation:
         )
         diagnose.kill_descendants(self.directory, pid)
         _send(pidfd, signal.SIGKILL)
+
+
+def _wait_until(when: float, pidfd: int, page: VerdictPage, token: float) -> bool:
+    """Wait until the wall clock reads ``when``; False if the test or its process ended first."""
+    while page.armed() == token:
+        remaining = when - wall_clock()
+        if remaining <= 0:
+            return True
+        readable, _, _ = select.select([pidfd], [], [], min(remaining, _ADOPTED_POLL))
+        if readable:
+            return False
+    return False
 
 
 def _send(pidfd: int, signum: int) -> None:

@@ -10,13 +10,14 @@ expired test in its process) and ``stacks`` (dumps taken from outside).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Generator
 from pathlib import Path
 
 import pytest
 
-from pytest_expire import interrupt
+from pytest_expire import interrupt, supervisor, worker
 from pytest_expire.client import Link, current_link, new_link
 from pytest_expire.settings import (
     DEADLINE,
@@ -28,7 +29,6 @@ from pytest_expire.settings import (
     format_seconds,
     from_config,
 )
-from pytest_expire.supervisor import Supervisor, may_supervise
 from pytest_expire.timer.unix_socket_timer import ADDRESS_ENV
 from pytest_expire.watchdog import (
     DIRECTORY_ENV,
@@ -37,7 +37,6 @@ from pytest_expire.watchdog import (
     read_diagnosis,
     xdist_worker_path,
 )
-from pytest_expire.worker import WorkerPlugin
 from pytest_expire.xdist_support import CrashReporter, is_controller
 
 PLUGIN_NAME = "expire-session"
@@ -72,6 +71,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "expire_grace", "seconds between interrupting an expired test and killing it", default=""
     )
+    parser.addini(
+        worker.GC_FREEZE_INI,
+        "freeze what collection made out of the garbage collections of the process that "
+        "runs the tests (faster; objects made at import that become garbage in a cycle "
+        "are then never collected)",
+        type="bool",
+        default=False,
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    """Run the session in a worker this process supervises, so that a kill does not end it.
+
+    First, before pytest configures anything: forking is safe only while
+    this process has one thread, and plugins start threads as early as
+    their ``pytest_configure``. Returns the session's exit status in the
+    process that was started; None where the session runs in this process.
+    """
+    return supervisor.main(config, sys.modules[__name__])
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -86,13 +105,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(plugin, PLUGIN_NAME)
     if is_controller(config) and settings.default is not None:
         # Started here, so that every worker inherits its address.
-        plugin.watchdog = SessionWatchdog(settings.grace)
+        plugin.watchdog = SessionWatchdog(grace=settings.grace)
+        plugin.watchdog.keep_alive()
         config.pluginmanager.register(CrashReporter(plugin.watchdog), "expire-xdist")
-    elif may_supervise(config):
-        if settings.default is not None:
-            # Every test has a deadline: the watchdog starts while pytest collects.
-            plugin.watchdog = SessionWatchdog(settings.grace)
-        config.pluginmanager.register(Supervisor(plugin, settings.grace), "expire-supervisor")
+    else:
+        # In a supervised worker (see pytest_cmdline_main), its recorder.
+        plugin.recorder = worker.attach(config)
 
 
 class ExpirePlugin:
@@ -106,7 +124,7 @@ class ExpirePlugin:
         #: This process's link to the watchdog, once a test armed a deadline.
         self.link: Link | None = None
         #: In a supervised worker: what records each test for the supervisor.
-        self.recorder: WorkerPlugin | None = None
+        self.recorder: worker.WorkerPlugin | None = None
         self._per_test = _PerTest(self)
 
     def pytest_report_header(self) -> str:
@@ -138,7 +156,7 @@ class ExpirePlugin:
             link = current_link()
             if link is None:
                 address, directory = self._find_watchdog()
-                link = new_link(address, directory)
+                link = new_link(address, directory, revive=self._revive_watchdog)
                 workerinput = getattr(self.config, "workerinput", None)
                 if workerinput is not None:
                     # For the controller, which learns of a kill only as a crash of this worker.
@@ -162,6 +180,11 @@ class ExpirePlugin:
             return self.watchdog.address, self.watchdog.directory
         assert address is not None and directory is not None
         return address, Path(directory)
+
+    def _revive_watchdog(self) -> None:
+        """Start a new watchdog if this process's died (another's owner revives it)."""
+        if self.watchdog is not None:
+            self.watchdog.revive()
 
     def pytest_enter_pdb(self) -> None:
         """A test in the debugger has no deadline: someone is looking at it."""

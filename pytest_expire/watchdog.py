@@ -27,8 +27,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
+from pytest_expire.signals import name as signal_name
 from pytest_expire.timer.unix_socket_timer import ADDRESS_ENV, format_address
 
 #: The scope of the one timer a test's process arms for its running test.
@@ -116,28 +118,39 @@ class SessionWatchdog:
         # A short path: a Unix socket's path is limited to 107 bytes.
         self.directory = Path(tempfile.mkdtemp(prefix="pytest-expire-"))
         self.address = format_address(str(socket_path(self.directory)))
-        self._ready = False
+        self.grace = grace
         self._owner = os.getpid()
+        self._stopped = False
         try:
-            self._process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "pytest_expire.watchdog_process",
-                    str(self.directory),
-                    str(os.getpid()),
-                    repr(grace),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-            )
+            self._process = self._launch()
         except BaseException:
             shutil.rmtree(self.directory, ignore_errors=True)
             raise
-        helpers_path(self.directory).write_text(str(self._process.pid))
         os.environ[ADDRESS_ENV] = self.address
         os.environ[DIRECTORY_ENV] = str(self.directory)
         os.environ[OWNER_ENV] = str(os.getpid())
+
+    def _launch(self) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pytest_expire.watchdog_process",
+                str(self.directory),
+                str(self._owner),
+                repr(self.grace),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+        )
+        helpers_path(self.directory).write_text(str(process.pid))
+        self._ready = False
+        return process
+
+    @property
+    def pid(self) -> int:
+        """The watchdog process's PID (a new one after :meth:`revive`)."""
+        return self._process.pid
 
     def wait_ready(self) -> None:
         """Return once the watchdog accepts clients; raise if it failed to start."""
@@ -155,10 +168,50 @@ class SessionWatchdog:
             )
         self._ready = True
 
+    def revive(self) -> bool:
+        """Start a new watchdog at the same address if this one died; whether it had.
+
+        Something killed it (a test, a cleanup fixture, the OOM killer): the
+        session goes on with a new one, which takes over the deadlines its
+        clients had armed (``Escalation.adopt_armed``), and the loss is said
+        once, here.
+        """
+        if self._stopped or os.getpid() != self._owner or self._process.poll() is None:
+            return False
+        code = self._process.returncode
+        how = f"killed by {signal_name(-code)}" if code < 0 else f"exit status {code}"
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+        self._process = self._launch()
+        self.wait_ready()
+        sys.stderr.write(
+            f"pytest-expire: the session's watchdog process ended ({how}); "
+            f"a new one (process {self._process.pid}) took over\n"
+        )
+        sys.stderr.flush()
+        return True
+
+    def keep_alive(self) -> None:
+        """Revive the watchdog whenever it dies, from a thread of this process.
+
+        For a process that has threads anyway and waits on nothing else (an
+        xdist controller); a supervisor watches the watchdog in its own wait.
+        """
+
+        def watch() -> None:
+            while not self._stopped:
+                process = self._process
+                process.wait()
+                if not self.revive() and process is self._process:
+                    return
+
+        threading.Thread(target=watch, name="pytest-expire-keeper", daemon=True).start()
+
     def stop(self) -> None:
         """Stop the watchdog; in a forked copy of the process that started it, do nothing."""
         if os.getpid() != self._owner:
             return
+        self._stopped = True
         if os.environ.get(ADDRESS_ENV) == self.address:
             for name in (ADDRESS_ENV, DIRECTORY_ENV, OWNER_ENV):
                 os.environ.pop(name, None)

@@ -45,6 +45,8 @@ def main(argv: list[str]) -> None:
         host_pid=host_pid,
     )
     escalation.server = server
+    # A watchdog started after another died takes over what that one watched.
+    escalation.adopt_armed()
     server.start()
     os.write(sys.stdout.fileno(), READY)
     os.close(sys.stdout.fileno())

@@ -806,10 +806,13 @@ class UnixSocketTimerServer(Watchdog):
         """A new pidfd of the process that armed timers as ``pid``, if it still runs and may
         be signalled (``host_pid``'s descendant or admitted); the caller closes it.
 
-        Call it from ``on_expired`` (the server's thread): an ``on_expired``
-        that acts later (a diagnosis, an escalation) signals through it, and
-        so never reaches another process that got the PID meanwhile.
+        Call it from ``on_expired`` (the server's thread), or before
+        :meth:`start`: an ``on_expired`` that acts later (a diagnosis, an
+        escalation) signals through it, and so never reaches another process
+        that got the PID meanwhile. A process that is not a client (yet) is
+        identified now.
         """
+        self._guard.identify(pid)
         if not self._guard.may_signal(pid):
             logger.warning(
                 "refusing to act on %d: not a descendant of host process %d and not admitted",
