@@ -9,6 +9,7 @@ dump.
 
 from __future__ import annotations
 
+import sys
 import textwrap
 
 import pytest
@@ -238,3 +239,74 @@ def test_a_late_watchdog_still_kills(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1, failed=2)
     assert result.duration < 20
     result.stdout.fnmatch_lines(["FAILED *test_ignores_its_interrupt*"])
+
+
+WATCHDOG_KILLER = """
+import os, signal, time
+from pathlib import Path
+
+def test_kills_the_watchdog_then_hangs():
+    directory = Path(os.environ["PYTEST_EXPIRE_DIRECTORY"])
+    os.kill(int((directory / "helpers.pids").read_text()), signal.SIGKILL)
+    time.sleep(30)
+
+def test_a_later_test_still_expires():
+    time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_a_watchdog_killed_mid_test_is_replaced(
+    pytester: pytest.Pytester, workers: list[str]
+) -> None:
+    if workers:
+        pytest.importorskip("xdist")
+    result = run(pytester, WATCHDOG_KILLER, *workers)
+    result.assert_outcomes(passed=1, failed=2)
+    # In either order: under xdist, the two run side by side.
+    result.stdout.fnmatch_lines(
+        ["*test_kills_the_watchdog_then_hangs expired after 0.5 s (in call)*"]
+    )
+    result.stdout.fnmatch_lines(["*test_a_later_test_still_expires expired after 0.5 s (in call)*"])
+    assert (
+        result.stderr.str().count("the session's watchdog process ended (killed by SIGKILL)") == 1
+    )
+    assert result.duration < 20
+
+
+def test_a_program_that_ran_pytest_gets_its_signals_back(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_suite="""
+        import time
+
+        def test_swallows():
+            try:
+                time.sleep(30)
+            except BaseException:
+                time.sleep(0.2)
+        """
+    )
+    program = pytester.makepyfile(
+        program="""
+        import os, signal, sys, time
+        import pytest
+        from pytest_expire.signals import DUMP_SIGNAL, INTERRUPT_SIGNAL, handles
+
+        code = pytest.main(["-q", "--expire-default=0.5", "--expire-grace=2", "test_suite.py"])
+        print("exit code", int(code))
+        print("interrupt handler restored", signal.getsignal(INTERRUPT_SIGNAL) is signal.SIG_DFL)
+        me = os.getpid()
+        print("still handled", handles(me, INTERRUPT_SIGNAL), handles(me, DUMP_SIGNAL))
+        time.sleep(2.5)  # past the grace period of the expired test
+        print("alive")
+        """
+    )
+    result = pytester.run(sys.executable, str(program), timeout=60)
+    result.stdout.fnmatch_lines(
+        [
+            "exit code 1",
+            "interrupt handler restored True",
+            "still handled False False",
+            "alive",
+        ]
+    )
