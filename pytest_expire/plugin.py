@@ -285,16 +285,22 @@ class _PerTest:
             self.deadline = None
             link.disarm(deadline)
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # First, so that every reporter (and an xdist worker's relay, and
-        # the worker's records) sees the verdict and the stacks.
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        # Here, as each phase ends, and before anyone reads the report: a plugin
+        # that reruns failed tests (pytest-rerunfailures) decides on the verdict,
+        # and every reporter sees it with the stacks.
+        report = yield
         deadline = self.deadline
         if deadline is not None and deadline.nodeid == report.nodeid:
             self.plugin.judge(report, deadline)
             if report.when == "teardown" and self.plugin.link is not None:
-                # A plugin that reruns the test (pytest-rerunfailures) runs the
-                # next attempt under a deadline of its own.
+                # A rerun of the test runs under a deadline of its own.
                 self.plugin.link.renew(deadline)
+        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.plugin.recorder is not None:
             self.plugin.recorder.test_reported(report)

@@ -347,8 +347,9 @@ def test_an_interrupt_waits_until_it_lands_outside_pytest(pytester: pytest.Pytes
 
         @pytest.mark.expires(0.2)
         def test_spins_inside_then_outside():
-            INTERNAL["spin_inside_pytest"](1.0)
+            # The test's first line of its own after the spin is the loop.
             end = time.monotonic() + 30
+            INTERNAL["spin_inside_pytest"](1.0)
             while time.monotonic() < end:  # the interrupt lands here
                 pass
         """

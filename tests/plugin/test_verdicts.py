@@ -310,3 +310,30 @@ def test_a_program_that_ran_pytest_gets_its_signals_back(pytester: pytest.Pytest
             "alive",
         ]
     )
+
+
+def test_each_rerun_runs_under_a_deadline_of_its_own(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("pytest_rerunfailures")
+    # The first attempt swallows its interrupt and returns: an expired
+    # attempt all the same, so it is rerun; the rerun is quick, and passes
+    # although the first attempt's deadline is long gone.
+    pytester.makepyfile(
+        test_suite="""
+        import time
+
+        attempts = []
+
+        def test_slow_then_quick():
+            attempts.append(1)
+            if len(attempts) == 1:
+                try:
+                    time.sleep(30)
+                except BaseException:
+                    pass
+            time.sleep(0.3)
+        """
+    )
+    result = pytester.runpytest_subprocess(*ARGS, "--reruns", "1", timeout=60)
+    # Rerun only because the first attempt, which returned, was judged expired.
+    assert result.parseoutcomes() == {"passed": 1, "rerun": 1}
+    result.stdout.fnmatch_lines(["test_suite.py R. *"])
