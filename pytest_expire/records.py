@@ -1,23 +1,40 @@
 """What a worker leaves behind for its supervisor: one record file per worker.
 
-A supervised worker (a fork of the pytest process the user started) adds a
-record to its record file for each test it starts, each report and each
-warning; a test whose teardown was reported has finished. If the worker is
-killed, its supervisor reads the file to learn which tests ended, with which
-reports, and which test was running; the next worker replays those reports
+A supervised worker (a fork of the pytest process the user started) writes
+to its record file how far its session got: each test it starts, the phase
+that test is in, each report and warning, whether the test finished, and
+finally that the session itself ended, with its exit status. If the worker
+dies, its supervisor reads the file to learn which tests ended, with which
+reports, and where the last one was; the next worker replays those reports
 so that every reporter sees the whole run. Nobody reads the file otherwise,
 so writing it must be nearly free: records are packed straight into a shared
 memory map of the file (which survives the worker's death without a system
-call per record), and a passed report without output is a few numbers.
+call per record), a passed report without output is a few numbers, and a
+phase or a test's end is one byte written in place.
 
-A record is a kind byte and a payload; the part of the file not written yet
-is NUL bytes, which no kind is::
+The file starts with a header, written in place::
 
-    S  index (int64), deadline (float64, NaN: none)     test session.items[index] started
+    interrupted (uint8)    the worker began handling a KeyboardInterrupt
+    debugging (uint8)      a test of the worker is in pytest's debugger
+    ended (uint8)          the session ended; its exit status follows
+    watchdog (uint8)       the worker asks for a watchdog (a test has a deadline)
+    exit status (int32)
+    session start (float64 time.time(), float64 time.perf_counter()), 0: not yet
+
+Then records, each a kind byte and a payload; the part of the file not
+written yet is NUL bytes, which no kind is::
+
+    S  phase (uint8, 255: none yet), finished (uint8),  a test started
+       deadline (float64, NaN: none), length (uint32), node id
     R  when (uint8), duration, start, stop (float64)    a passed report, nothing more in it
     J  length (uint32), JSON                            any other report, as
                                                         pytest_report_to_serializable has it
     W  length (uint32), JSON                            a warning recorded while a test ran
+
+A test has finished once ``pytest_runtest_logfinish`` ran for it, not when
+its teardown was reported: a plugin that reruns tests (pytest-rerunfailures)
+reports several setup, call and teardown triples for one test, and starts
+each attempt's phases again after the previous attempt's end.
 """
 
 from __future__ import annotations
@@ -38,11 +55,15 @@ import pytest
 # The record file grows by this much at least (some ten thousand tests' worth).
 _CHUNK = 1 << 20
 
-_STARTED = struct.Struct("<cqd")
+_HEADER = struct.Struct("<BBBBidd")
+_INTERRUPTED, _DEBUGGING, _ENDED, _WATCHDOG, _STATUS, _START = 0, 1, 2, 3, 4, 8
+_STARTED = struct.Struct("<cBBdI")
+_PHASE_AT, _FINISHED_AT = 1, 2  # in a test's S record
+_NO_PHASE = 255
 _PASSED = struct.Struct("<cBddd")
 _SIZED = struct.Struct("<cI")
-_PHASES = ("setup", "call", "teardown")
-_PHASE_CODES = {phase: code for code, phase in enumerate(_PHASES)}
+PHASES = ("setup", "call", "teardown")
+_PHASE_CODES = {phase: code for code, phase in enumerate(PHASES)}
 
 #: A passed report as recorded: (when, duration, start, stop).
 PassedReport = tuple[str, float, float, float]
@@ -50,35 +71,39 @@ PassedReport = tuple[str, float, float, float]
 
 @dataclass
 class TestRecord:
-    """One test as a worker recorded it, in ``session.items`` order."""
+    """One test as a worker recorded it."""
 
     __test__ = False  # not a test class, whatever pytest thinks of the name
 
-    index: int
+    nodeid: str
     seconds: float | None
+    #: The phase it was last in (None: it died before its setup began).
+    phase: str | None = None
+    #: Whether pytest_runtest_logfinish ran for it since its last phase began.
+    finished: bool = False
     #: Passed reports as tuples, the others as pytest_report_to_serializable's dicts.
     reports: list[PassedReport | dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
-    #: Set by the supervisor when the worker died in this test: the signal,
-    killed_by: int | None = None
-    #: and the stacks the watchdog took when it killed the worker (if it did).
+    #: Set by the supervisor when the worker died in this test or after it: the
+    #: wait status,
+    status: int | None = None
+    #: the stacks the watchdog took when it killed the worker (if it did),
     stacks: str = ""
+    #: and what the dead worker's output capture held (stdout, stderr).
+    captured: tuple[str, str] = ("", "")
 
-    @property
-    def finished(self) -> bool:
-        """Whether the test ended: its teardown was reported (the last thing it reports)."""
-        return "teardown" in self._phases_reported()
 
-    def phase_reached(self) -> str:
-        """The phase the test was in when its worker died: the first one not reported."""
-        reported = self._phases_reported()
-        return next((p for p in _PHASES if p not in reported), "teardown")
+@dataclass
+class WorkerRecords:
+    """Everything a worker recorded: its tests in the order it ran them, and its session."""
 
-    def _phases_reported(self) -> set[str]:
-        return {
-            report[0] if isinstance(report, tuple) else str(report.get("when"))
-            for report in self.reports
-        }
+    tests: list[TestRecord]
+    #: It began handling a KeyboardInterrupt.
+    interrupted: bool = False
+    #: None unless its session ended: then the exit status it ended with.
+    exitstatus: int | None = None
+    #: When its session started: time.time() and time.perf_counter(); None if not yet.
+    session_start: tuple[float, float] | None = None
 
 
 class RecordWriter:
@@ -89,22 +114,63 @@ class RecordWriter:
     file grows in chunks.
     """
 
-    def __init__(self, path: Path, config: pytest.Config) -> None:
+    def __init__(self, path: Path) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        self._config = config
         self._map = mmap.mmap(-1, 1)  # replaced by _grow
         self._size = 0
-        self._end = 0
+        self._end = _HEADER.size
+        # Where the S record of the last test started is, once one is.
+        self._test = -1
         self._grow(_CHUNK)
 
-    def started(self, index: int, seconds: float | None) -> None:
-        end = self._room(_STARTED.size)
+    def session_started(self, wall: float, perf: float) -> None:
+        struct.pack_into("<dd", self._map, _START, wall, perf)
+
+    def interrupted(self) -> None:
+        self._map[_INTERRUPTED] = 1
+
+    def debugging(self, now: bool) -> None:
+        self._map[_DEBUGGING] = int(now)
+
+    def wants_watchdog(self) -> None:
+        self._map[_WATCHDOG] = 1
+
+    def session_ended(self, exitstatus: int) -> None:
+        struct.pack_into("<i", self._map, _STATUS, exitstatus)
+        self._map[_ENDED] = 1
+
+    def started(self, nodeid: str, seconds: float | None) -> None:
+        name = nodeid.encode()
+        start = self._end
+        end = self._room(_STARTED.size + len(name))
+        self._map[start + _STARTED.size : end] = name
         _STARTED.pack_into(
-            self._map, self._end, b"S", index, math.nan if seconds is None else seconds
+            self._map,
+            start,
+            b"S",
+            _NO_PHASE,
+            0,
+            math.nan if seconds is None else seconds,
+            len(name),
         )
         self._end = end
+        self._test = start
 
-    def report(self, report: pytest.TestReport) -> None:
+    def phase(self, when: str) -> None:
+        """The last test started begins phase ``when`` (of this attempt, with reruns)."""
+        if self._test >= 0:
+            self._map[self._test + _FINISHED_AT] = 0
+            self._map[self._test + _PHASE_AT] = _PHASE_CODES[when]
+
+    def finished(self) -> None:
+        """pytest_runtest_logfinish ran for the last test started."""
+        if self._test >= 0:
+            self._map[self._test + _FINISHED_AT] = 1
+
+    def report(self, report: pytest.TestReport, config: pytest.Config) -> None:
+        """A report of the last test started (none before: a replay's, say)."""
+        if self._test < 0:
+            return
         if (
             report.outcome == "passed"
             and not report.longrepr
@@ -124,12 +190,13 @@ class RecordWriter:
             )
             self._end = end
         else:
-            data = self._config.hook.pytest_report_to_serializable(
-                config=self._config, report=report
-            )
+            data = config.hook.pytest_report_to_serializable(config=config, report=report)
             self._add_sized(b"J", data)
 
     def warning(self, message: warnings.WarningMessage, nodeid: str) -> None:
+        """A warning recorded while the last test started ran."""
+        if self._test < 0:
+            return
         data = {
             "message": str(message.message),
             "category": message.category.__name__,
@@ -168,23 +235,65 @@ class RecordWriter:
         self._size = size
 
 
-def read_records(path: Path) -> list[TestRecord]:
-    """The tests a worker recorded, in order; only the last one may be unfinished."""
-    tests: list[TestRecord] = []
+@dataclass
+class Flags:
+    """What the supervisor learns of a worker while it runs: four bytes of its header."""
+
+    interrupted: bool = False
+    debugging: bool = False
+    wants_watchdog: bool = False
+
+
+def read_flags(path: Path) -> Flags:
+    try:
+        with open(path, "rb") as file:
+            header = file.read(_WATCHDOG + 1)
+    except FileNotFoundError:
+        return Flags()
+    flags = [header[at : at + 1] == b"\x01" for at in (_INTERRUPTED, _DEBUGGING, _WATCHDOG)]
+    return Flags(*flags)
+
+
+def read_records(path: Path) -> WorkerRecords:
+    """What a worker recorded, its tests in order; only the last one may be unfinished."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return tests
-    offset = 0
+        return WorkerRecords([])
+    if len(data) < _HEADER.size:
+        return WorkerRecords([])
+    interrupted, _, ended, _, status, wall, perf = _HEADER.unpack_from(data)
+    records = WorkerRecords(
+        _read_tests(data),
+        interrupted=bool(interrupted),
+        exitstatus=status if ended else None,
+        session_start=(wall, perf) if wall else None,
+    )
+    return records
+
+
+def _read_tests(data: bytes) -> list[TestRecord]:
+    tests: list[TestRecord] = []
+    offset = _HEADER.size
     while offset < len(data):
         kind = data[offset : offset + 1]
         if kind == b"S" and offset + _STARTED.size <= len(data):
-            _, index, seconds = _STARTED.unpack_from(data, offset)
-            tests.append(TestRecord(index, None if math.isnan(seconds) else seconds))
-            offset += _STARTED.size
+            _, phase, finished, seconds, length = _STARTED.unpack_from(data, offset)
+            start = offset + _STARTED.size
+            if start + length > len(data):
+                break
+            tests.append(
+                TestRecord(
+                    data[start : start + length].decode(),
+                    None if math.isnan(seconds) else seconds,
+                    phase=None if phase == _NO_PHASE else PHASES[phase],
+                    finished=bool(finished),
+                )
+            )
+            offset = start + length
         elif kind == b"R" and tests and offset + _PASSED.size <= len(data):
-            _, when, duration, start, stop = _PASSED.unpack_from(data, offset)
-            tests[-1].reports.append((_PHASES[when], duration, start, stop))
+            _, when, duration, start_time, stop = _PASSED.unpack_from(data, offset)
+            tests[-1].reports.append((PHASES[when], duration, start_time, stop))
             offset += _PASSED.size
         elif kind in (b"J", b"W") and tests and offset + _SIZED.size <= len(data):
             _, length = _SIZED.unpack_from(data, offset)
@@ -200,29 +309,28 @@ def read_records(path: Path) -> list[TestRecord]:
 
 
 def report_from_record(
-    recorded: PassedReport | dict[str, Any], item: pytest.Item, config: pytest.Config
+    recorded: PassedReport | dict[str, Any],
+    nodeid: str,
+    location: tuple[str, int | None, str],
+    keywords: dict[str, Any],
+    config: pytest.Config,
 ) -> pytest.TestReport:
-    """The report a worker recorded for ``item``."""
+    """The report a worker recorded for the test ``nodeid``."""
     if isinstance(recorded, dict):
         report = config.hook.pytest_report_from_serializable(config=config, data=recorded)
         assert isinstance(report, pytest.TestReport)
         return report
     when, duration, start, stop = recorded
-    return item_report(item, when, "passed", duration=duration, start=start, stop=stop)
-
-
-def item_report(
-    item: pytest.Item, when: str, outcome: str, longrepr: str | None = None, **fields: Any
-) -> pytest.TestReport:
-    """A report of ``item`` made outside of its run, as pytest would have made it."""
     return pytest.TestReport(
-        item.nodeid,
-        item.location,
-        keywords=dict.fromkeys(item.keywords, 1),
-        outcome=outcome,  # type: ignore[arg-type]
-        longrepr=longrepr,
-        when=when,  # type: ignore[arg-type]
-        **fields,
+        nodeid,
+        location,
+        keywords,
+        "passed",
+        None,
+        when,  # type: ignore[arg-type]
+        duration=duration,
+        start=start,
+        stop=stop,
     )
 
 

@@ -2,161 +2,121 @@
 
 When a test does not stop after its interrupt, the watchdog kills the
 process that runs it. So that this never ends the user's session, the
-process the user started runs no test itself: once it has collected, it
-forks a worker (``worker.py``) that runs the tests and reports them as this
-process would have, and waits. If the worker is killed in the middle of a
-test (or dies of a crash), the supervisor forks a new worker from where it
-stands, before the first test: that one replays the reports of the tests
-that already ran, reports the killed one as expired with the stacks the
-watchdog took, and runs the rest. The run ends with one summary, one JUnit
-XML and one exit code, the last worker's. (pytest-xdist replaces crashed
-workers the same way.)
+process the user started (by the ``pytest`` command, ``python -m pytest``,
+or a program's ``pytest.main()``) runs no test itself: in
+``pytest_cmdline_main``, before pytest configures anything (so before any
+plugin can start a thread, which would make forking unsafe), it starts the
+session's watchdog and forks a worker (``worker.py``) that runs pytest's
+main, and waits. When the worker ends, this process returns its exit status
+as its own: the ``pytest`` command exits with it, ``pytest.main()`` returns
+it to its caller, which goes on.
 
-A fork costs a few milliseconds and starts nothing anew: the workers need
-neither a second start of pytest nor a second collection, and reporting
-happens once, in the worker. Forking is only safe with one thread, and
-only where this process may end with its worker's exit code, so a session
-is supervised only when pytest runs as a program of its own
-(``python -m pytest``, the ``pytest`` command), with a single thread, and
-some test has a deadline.
+If the worker dies first (killed by the watchdog in a hung test, crashed,
+or ended by ``os._exit()``), the supervisor forks a new worker from the same
+state, before configuration: that one configures and collects again,
+replays what the workers before it recorded (``records.py``,
+``replay.py``), reports how the last test ended, and runs the rest. The run
+ends with one summary, one JUnit XML and one exit status. (pytest-xdist
+replaces crashed workers the same way.)
+
+A Ctrl-C reaches the worker too (it is in the same process group) and ends
+the session there as it ends pytest's; a SIGINT sent to this process alone
+is passed on to the worker.
 """
 
 from __future__ import annotations
 
-import gc
+import contextlib
+import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from types import ModuleType
 
 import pytest
 
-from pytest_expire.records import TestRecord, read_records
-from pytest_expire.settings import DEADLINE
-from pytest_expire.watchdog import SessionWatchdog, mark_supervised, read_diagnosis
-from pytest_expire.worker import become_worker, run_the_rest
+from pytest_expire import worker
+from pytest_expire.exits import how_it_ended
+from pytest_expire.records import TestRecord, read_flags, read_records
+from pytest_expire.settings import DEADLINE, from_config
+from pytest_expire.timer.unix_socket_timer import ADDRESS_ENV
+from pytest_expire.watchdog import (
+    DIRECTORY_ENV,
+    OWNER_ENV,
+    SessionWatchdog,
+    mark_supervised,
+    read_diagnosis,
+)
 
-if TYPE_CHECKING:
-    from pytest_expire.plugin import ExpirePlugin
+# Options that make pytest show something instead of running tests.
+_NOT_RUNNING = (
+    "help",
+    "version",
+    "showfixtures",
+    "show_fixtures_per_test",
+    "markers",
+    "collectonly",
+    "setuponly",
+    "setupplan",
+    "cacheshow",
+    "looponfail",
+)
+# A SIGINT that reached the worker too (a terminal's Ctrl-C, a signal to the
+# process group) is being handled there by then; one sent to this process
+# alone is passed on.
+_INTERRUPT_DELAY = 0.2
+_WAITED_FOR = frozenset({signal.SIGINT, signal.SIGCHLD})
+
+# Whether a session of ours runs in this process: a session that a test runs
+# inside it (pytester's in-process runs) must not fork the test's process.
+_active = False
 
 
-def may_supervise(config: pytest.Config) -> bool:
-    """Whether this session can run its tests in forked workers (decided before collection).
+def main(config: pytest.Config, plugin: ModuleType) -> int | None:
+    """``pytest_cmdline_main``: the session's exit status, once supervised; None: run it here.
+
+    Returns only in the process that was started: a worker ends when its
+    session does.
+    """
+    global _active
+    if _active:
+        return None
+    _active = True
+    config.add_cleanup(_inactive)
+    if not _may_supervise(config):
+        return None
+    threads = _thread_count()
+    if threads > 1:
+        config.pluginmanager.register(_Unsupervised(threads), "expire-unsupervised")
+        return None
+    return Supervisor(config, plugin).run()
+
+
+def _inactive() -> None:
+    global _active
+    _active = False
+
+
+def _may_supervise(config: pytest.Config) -> bool:
+    """Whether this session runs tests in a worker of its own.
 
     Not in an xdist worker or controller (xdist replaces its own killed
-    workers), not when only collecting, and only when pytest is the program
-    (``pytest.main()`` called by a program, pytester's in-process runs
-    included, must return to it).
+    workers), and not when pytest only shows something (``--help``,
+    ``--collect-only``, ``--fixtures``...).
     """
     return (
         hasattr(os, "fork")
+        and hasattr(signal, "sigtimedwait")
         and not hasattr(config, "workerinput")
+        and not config.getoption("numprocesses", None)
         and config.getoption("dist", "no") == "no"
-        and not config.getoption("collectonly")
-        and not config.invocation_params.plugins
-        and _pytest_is_the_program()
+        and not any(getattr(config.option, name, False) for name in _NOT_RUNNING)
     )
-
-
-def _pytest_is_the_program() -> bool:
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name in ("pytest", "pytest.__main__"):
-        return True  # python -m pytest
-    return Path(sys.argv[0]).name in ("pytest", "py.test")
-
-
-class Supervisor:
-    """Runs the session's tests in forked workers; survives their kills."""
-
-    def __init__(self, plugin: ExpirePlugin, grace: float) -> None:
-        # The session's plugin, which owns the watchdog (started already when
-        # every test has a deadline).
-        self.plugin = plugin
-        self.config = plugin.config
-        self.grace = grace
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtestloop(self, session: pytest.Session) -> bool | None:
-        if session.testsfailed and not self.config.option.continue_on_collection_errors:
-            return None  # pytest's own loop stops the session
-        if not any(item.stash.get(DEADLINE, None) is not None for item in session.items):
-            return None
-        threads = _thread_count()
-        if threads > 1:
-            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-            if reporter is not None:
-                reporter.write_line(
-                    f"pytest-expire: {threads} threads run in this process, which cannot be "
-                    "forked safely: the tests run here, and a test that must be killed "
-                    "ends the session",
-                    yellow=True,
-                )
-            return None
-        if self.plugin.watchdog is None:
-            self.plugin.watchdog = SessionWatchdog(self.grace)
-        watchdog = self.plugin.watchdog
-        watchdog.wait_ready()
-        mark_supervised(watchdog.directory)
-        return self._supervise(session, watchdog)
-
-    def _supervise(self, session: pytest.Session, watchdog: SessionWatchdog) -> bool | None:
-        """Fork workers until one ends by itself; then end with its exit code.
-
-        Returns only in a worker, as ``pytest_runtestloop`` does.
-        """
-        history: list[TestRecord] = []
-        supervisor_pid = os.getpid()
-        # The terminal's Ctrl-C reaches the worker too: it reports the
-        # interruption, and this process ends with it.
-        interrupt_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for attempt in range(len(session.items) + 1):
-            records = watchdog.directory / f"records-{attempt}.bin"
-            _flush_standard_streams()
-            # What the session holds now (its tests, modules, fixtures) lives as
-            # long as the worker: out of reach of the worker's garbage
-            # collections, which would otherwise walk all of it again and
-            # again, copying each page it touches out of the memory shared
-            # with this process.
-            gc.freeze()
-            pid = os.fork()
-            if pid == 0:
-                signal.signal(signal.SIGINT, interrupt_handler)
-                self.plugin.recorder = become_worker(
-                    session, records, history, self.grace, supervisor_pid
-                )
-                if not history:
-                    return None  # pytest's loop runs the tests
-                run_the_rest(session)
-                return True
-            status = _wait(pid)
-            if os.WIFEXITED(status):
-                self._end(watchdog, os.WEXITSTATUS(status))
-            tests = read_records(records)
-            if not tests:
-                sys.stderr.write(
-                    f"pytest-expire: the worker running the tests died before its first test "
-                    f"({_describe(status)})\n"
-                )
-                self._end(watchdog, pytest.ExitCode.INTERNAL_ERROR)
-            if tests[-1].finished:
-                sys.stderr.write(
-                    f"pytest-expire: the worker running the tests died between two tests "
-                    f"({_describe(status)}); a new one goes on\n"
-                )
-            else:
-                tests[-1].killed_by = os.WTERMSIG(status)
-                tests[-1].stacks = read_diagnosis(watchdog.directory, pid, killed=True) or ""
-            history.extend(tests)
-        raise AssertionError("every test was killed, and the session still did not end")
-
-    def _end(self, watchdog: SessionWatchdog, exitstatus: int) -> NoReturn:
-        """End this process as its last worker ended, without reporting anything itself."""
-        watchdog.stop()
-        _flush_standard_streams()
-        os._exit(exitstatus)
 
 
 def _thread_count() -> int:
@@ -167,23 +127,173 @@ def _thread_count() -> int:
         return threading.active_count()
 
 
-def _flush_standard_streams() -> None:
-    # A fork copies what is still buffered: it would be written twice.
-    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-        if stream is not None:
-            stream.flush()
+class _Unsupervised:
+    """Says, in a session whose tests have deadlines, that a kill would end it."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and any(
+            item.stash.get(DEADLINE, None) is not None for item in session.items
+        ):
+            reporter.write_line(
+                f"pytest-expire: {self.threads} threads ran in this process when pytest "
+                "started, which cannot be forked safely: the tests run here, and a test "
+                "that must be killed ends the session",
+                yellow=True,
+            )
 
 
-def _wait(pid: int) -> int:
-    while True:
+class Supervisor:
+    """Runs the session in forked workers until one ends it; survives their deaths."""
+
+    def __init__(self, config: pytest.Config, plugin: ModuleType) -> None:
+        self.config = config
+        self.plugin = plugin
+        settings = from_config(config)
+        self.grace = settings.grace
+        # Started at once when every test has a deadline, so that every worker
+        # inherits its address and its start overlaps the worker's collection;
+        # else once a worker finds a test that has one: a session without any
+        # starts none.
+        self.watchdog = SessionWatchdog(grace=self.grace) if settings.default else None
+
+    def run(self) -> int:
+        # Taken by sigwaitinfo: the worker's end, its call for a watchdog, and
+        # Ctrl-C (see _wait).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED_FOR)
+        directory = Path(tempfile.mkdtemp(prefix="pytest-expire-records-"))
         try:
-            _, status = os.waitpid(pid, 0)
-            return status
-        except InterruptedError:
-            continue
+            return self._supervise(directory, mask)
+        except RuntimeError as error:  # the watchdog did not start
+            _note(str(error))
+            return pytest.ExitCode.INTERNAL_ERROR
+        finally:
+            # Ctrl-Cs taken care of already must not raise once unblocked.
+            while signal.sigtimedwait({signal.SIGINT}, 0) is not None:
+                pass
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            if self.watchdog is not None:
+                self.watchdog.stop()
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def _supervise(self, directory: Path, mask: set[int | signal.Signals]) -> int:
+        """Fork workers until one ends the session; its exit status."""
+        history: list[TestRecord] = []
+        start: tuple[float, float] | None = None
+        attempt = 0
+        while True:
+            records = directory / f"records-{attempt}.bin"
+            spec = worker.Worker(records, history, start, self.grace, -1, os.getpid(), mask)
+            pid, status = self._run_worker(spec)
+            recorded = read_records(records)
+            if recorded.exitstatus is not None:
+                if os.waitstatus_to_exitcode(status) != recorded.exitstatus % 256:
+                    _note(f"the process that ran the session {how_it_ended(status, 'after it')}")
+                return recorded.exitstatus
+            if not recorded.tests:
+                _note(
+                    f"the process running the session {how_it_ended(status, 'early')}: "
+                    "before any test with a deadline began; the session ends here"
+                )
+                return pytest.ExitCode.INTERNAL_ERROR
+            start = start or recorded.session_start
+            last = recorded.tests[-1]
+            last.status = status
+            last.captured = _captured(self.config)
+            if not last.finished and self.watchdog is not None:
+                last.stacks = read_diagnosis(self.watchdog.directory, pid, killed=True) or ""
+            history.extend(recorded.tests)
+            attempt += 1
+
+    def _run_worker(self, spec: worker.Worker) -> tuple[int, int]:
+        """Fork a worker and wait for its end: its PID and wait status."""
+        spec.ready, ready = os.pipe()
+        worker.flush_standard_streams()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(ready)
+                worker.run(spec, self.config, self.plugin)
+            finally:
+                os._exit(pytest.ExitCode.INTERNAL_ERROR)
+        os.close(spec.ready)
+        try:
+            return pid, self._wait(pid, spec.records, ready)
+        except BaseException:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
+
+    def _wait(self, pid: int, records: Path, ready: int) -> int:
+        """Wait for the worker's end; its wait status.
+
+        Meanwhile, tell it the watchdog once the watchdog is ready (starting
+        it when the worker asks), replace the watchdog if it dies (something
+        killed it: the session goes on), and pass on a SIGINT sent to this
+        process alone.
+        """
+        offer: int | None = ready
+        forward_at: float | None = None
+        try:
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    return status
+                flags = read_flags(records)
+                if offer is not None and (self.watchdog is not None or flags.wants_watchdog):
+                    self._offer(offer)
+                    offer = None
+                elif self.watchdog is not None:
+                    self.watchdog.revive()
+                received: signal.struct_siginfo | None
+                if forward_at is None:
+                    received = signal.sigwaitinfo(_WAITED_FOR)
+                else:
+                    timeout = max(0.0, forward_at - time.monotonic())
+                    received = signal.sigtimedwait(_WAITED_FOR, timeout)
+                if received is None:
+                    forward_at = None
+                    flags = read_flags(records)
+                    if not (flags.interrupted or flags.debugging):
+                        os.kill(pid, signal.SIGINT)
+                elif received.si_signo == signal.SIGINT and forward_at is None:
+                    forward_at = time.monotonic() + _INTERRUPT_DELAY
+        finally:
+            if offer is not None:
+                os.close(offer)
+
+    def _offer(self, ready: int) -> None:
+        """Tell the worker where the watchdog is, once it accepts clients."""
+        if self.watchdog is None:
+            self.watchdog = SessionWatchdog(grace=self.grace)
+        self.watchdog.wait_ready()
+        mark_supervised(self.watchdog.directory)
+        environment = {
+            ADDRESS_ENV: self.watchdog.address,
+            DIRECTORY_ENV: str(self.watchdog.directory),
+            OWNER_ENV: str(os.getpid()),
+        }
+        with contextlib.suppress(BrokenPipeError):  # the worker ended already: _wait says how
+            os.write(ready, json.dumps(environment).encode())
+        os.close(ready)
 
 
-def _describe(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit status {os.waitstatus_to_exitcode(status)}"
+def _captured(config: pytest.Config) -> tuple[str, str]:
+    """What the dead worker's output capture held (shared files): its last phase's output.
+
+    Read, too, so that the next worker does not find it in its own capture.
+    """
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if capture is None or getattr(capture, "_global_capturing", None) is None:
+        return "", ""
+    captured = capture.read_global_capture()
+    return captured.out, captured.err
+
+
+def _note(text: str) -> None:
+    sys.stderr.write(f"pytest-expire: {text}\n")
+    sys.stderr.flush()

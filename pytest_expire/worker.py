@@ -1,64 +1,164 @@
-"""The supervised side: a fork of the user's pytest process that runs the tests.
+"""The supervised side: a fork of the user's pytest process that runs the whole session.
 
-A worker starts where its supervisor stood when it forked: configured,
-collected, its terminal showing the header. It runs the session from there
-as the user's process would have (its reporters write the terminal, the JUnit
-XML, the cache) and records what happens (``records.py``), which costs each
-test a few short writes. A worker started after another one was killed first
-replays the tests that already ran, the killed one included, into its own
-hooks, with the terminal quiet for what is already on the screen, and then
-runs the rest.
+A worker is forked before pytest configures anything (``supervisor.py``), so
+it runs pytest's main from the start: configure, collect, run, report,
+unconfigure, as the user's process would have, every plugin included. Then
+it ends, with the session's exit status, without returning to whatever
+called ``pytest.main()``: that program goes on in the supervisor.
+
+It records what happens (``records.py``), which costs each test a few short
+writes. A worker forked after another one died first replays the tests that
+already ran (``replay.py``), with the terminal quiet for what the screen
+shows already, and then runs the rest.
 """
 
 from __future__ import annotations
 
-import io
+import atexit
+import gc
+import json
+import logging
+import os
 import signal
+import sys
+import time
+import traceback
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 from _pytest._io import TerminalWriter
 from _pytest.terminal import TerminalReporter
 
-from pytest_expire.records import (
-    RecordWriter,
-    TestRecord,
-    item_report,
-    report_from_record,
-    warning_from_record,
-)
-from pytest_expire.settings import format_seconds
+from pytest_expire.records import RecordWriter, TestRecord
+from pytest_expire.replay import QuietTerminal, replay, restore_session_start, stop_if_asked
+from pytest_expire.settings import DEADLINE
 from pytest_expire.timer._watchdog import die_with_parent
+
+GC_FREEZE_INI = "expire_gc_freeze"
+
+
+@dataclass
+class Worker:
+    """What a worker takes from its supervisor when it is forked."""
+
+    records: Path
+    #: The tests earlier workers of the session ran, the last one's death included.
+    history: list[TestRecord]
+    #: When the session's first worker started it (time.time(), time.perf_counter()).
+    session_start: tuple[float, float] | None
+    grace: float
+    #: A pipe's end on which the supervisor writes, once the session's watchdog
+    #: accepts clients, the environment that names it (JSON).
+    ready: int
+    supervisor_pid: int
+    #: The signal mask to restore: the supervisor blocks SIGINT and SIGCHLD.
+    signal_mask: set[int | signal.Signals]
+
+
+#: In a worker process: the worker, what records its session, and the session's config.
+current: tuple[Worker, RecordWriter, pytest.Config] | None = None
+
+
+def run(worker: Worker, config: pytest.Config, plugin: ModuleType) -> NoReturn:
+    """In a just-forked worker: run the session as pytest's main, then end with its status.
+
+    ``plugin`` (this package's plugin module, whose ``pytest_cmdline_main``
+    forked this process) is left out of the hook call, which runs every other
+    implementation: pytest's main among them.
+    """
+    global current
+    signal.pthread_sigmask(signal.SIG_SETMASK, worker.signal_mask)
+    # Killed with its supervisor, even by SIGKILL: a worker left running a
+    # hung test would have no watchdog.
+    die_with_parent(worker.supervisor_pid, signal.SIGKILL)
+    _exit_handlers_of_its_own()
+    writer = RecordWriter(worker.records)
+    current = worker, writer, config
+    status: int = pytest.ExitCode.INTERNAL_ERROR
+    try:
+        main = config.pluginmanager.subset_hook_caller("pytest_cmdline_main", [plugin])
+        status = int(main(config=config))
+    except pytest.UsageError as error:
+        # As pytest.main() reports it.
+        status = pytest.ExitCode.USAGE_ERROR
+        for message in error.args:
+            TerminalWriter(sys.stderr).line(f"ERROR: {message}\n", red=True)
+    except KeyboardInterrupt:
+        status = pytest.ExitCode.INTERRUPTED
+        traceback.print_exc()
+    except BaseException:
+        traceback.print_exc()
+    writer.session_ended(status)
+    atexit._run_exitfuncs()
+    flush_standard_streams()
+    os._exit(status)
+
+
+def _exit_handlers_of_its_own() -> None:
+    """Leave the exit handlers registered before the fork to the supervisor.
+
+    Those of a program that called ``pytest.main()`` run once, when it
+    exits. The worker runs the handlers that a fresh process would have
+    registered for what it does: the standard library's, registered once
+    per process when a module is imported.
+    """
+    atexit._clear()
+    if "logging" in sys.modules:
+        atexit.register(logging.shutdown)
+    multiprocessing_util = sys.modules.get("multiprocessing.util")
+    if multiprocessing_util is not None:
+        atexit.register(multiprocessing_util._exit_function)
+    weakref.finalize._registered_with_atexit = False  # type: ignore[attr-defined]
+
+
+def flush_standard_streams() -> None:
+    """Flush what is still buffered: a fork would copy it, an ``os._exit()`` would lose it."""
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        if stream is not None:
+            stream.flush()
+
+
+def attach(config: pytest.Config) -> WorkerPlugin | None:
+    """In a worker, for its own session (not one a test runs inside it): its recorder."""
+    if current is None or current[2] is not config:
+        return None
+    worker, writer, _ = current
+    recorder = WorkerPlugin(config, worker, writer)
+    config.pluginmanager.register(recorder, "expire-worker")
+    return recorder
 
 
 class WorkerPlugin:
-    """Records a worker's tests for its supervisor.
+    """Records a worker's session for its supervisor; replays the history of the workers before.
 
-    The per-test records are written from the plugin's own per-test hooks
-    (``plugin._PerTest``), which call :meth:`test_started` and
-    :meth:`test_reported`: one hook implementation fewer for pytest to call
-    three times a test.
+    The start of each test and its reports are recorded from the plugin's
+    own per-test hooks (``plugin._PerTest``), which call :meth:`test_started`
+    and :meth:`test_reported`: one hook implementation fewer for pytest to
+    call three times a test.
     """
 
-    def __init__(self, config: pytest.Config, records: Path, index: dict[int, int]) -> None:
-        self._writer = RecordWriter(records, config)
-        # Positions in the session's whole list of tests, by id(item).
-        self._index = index
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        self._reporter = reporter if isinstance(reporter, TerminalReporter) else None
+    def __init__(self, config: pytest.Config, worker: Worker, writer: RecordWriter) -> None:
+        self._config = config
+        self._worker = worker
+        self._writer = writer
+        # Once there is one: registered after this plugin.
+        self._reporter: TerminalReporter | None = None
+        self._quiet = QuietTerminal()
 
     def test_started(self, item: pytest.Item, seconds: float | None) -> None:
-        self._writer.started(self._index[id(item)], seconds)
+        self._writer.started(item.nodeid, seconds)
         # Before the test can hang: what the terminal was shown must not die
         # in a buffer with the worker (a no-op where pytest flushed already).
         if self._reporter is not None:
             self._reporter.flush()
 
     def test_reported(self, report: pytest.TestReport) -> None:
-        self._writer.report(report)
+        self._writer.report(report, self._config)
 
     def pytest_warning_recorded(
         self, warning_message: warnings.WarningMessage, when: str, nodeid: str
@@ -66,121 +166,87 @@ class WorkerPlugin:
         if when == "runtest":
             self._writer.warning(warning_message, nodeid)
 
+    def pytest_keyboard_interrupt(self) -> None:
+        # The supervisor need not pass on a Ctrl-C that reached this process too.
+        self._writer.interrupted()
+
+    def pytest_enter_pdb(self) -> None:
+        # Nor one that the debugger takes.
+        self._writer.debugging(True)
+
+    def pytest_leave_pdb(self) -> None:
+        self._writer.debugging(False)
+
     @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionfinish(self) -> None:
-        self._writer.close()
+    def pytest_sessionstart(self) -> None:
+        start = self._worker.session_start or (time.time(), time.perf_counter())
+        self._writer.session_started(*start)
+        reporter = self._config.pluginmanager.get_plugin("terminalreporter")
+        self._reporter = reporter if isinstance(reporter, TerminalReporter) else None
+        if self._worker.history:
+            self._quiet.start(self._config)  # before the terminal's header: the screen shows it
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> bool | None:
+        if session.testsfailed and not self._config.option.continue_on_collection_errors:
+            self._quiet.stop()
+            return None  # pytest's own loop stops the session
+        if self._config.getini(GC_FREEZE_INI):
+            # Opted in: what collection made lives as long as the session, out
+            # of reach of the collections that would walk it again and again.
+            gc.freeze()
+        if any(item.stash.get(DEADLINE, None) is not None for item in session.items):
+            self._join_watchdog()
+            self._config.pluginmanager.register(_Phases(self._writer), "expire-worker-phases")
+        if not self._worker.history:
+            return None  # pytest's loop runs the tests
+        start = self._worker.session_start
+        if start is not None:
+            restore_session_start(self._config, *start)
+        replay(session, self._worker.history, self._worker.grace, self._quiet)
+        _run_the_rest(session)
+        return True
+
+    def _join_watchdog(self) -> None:
+        """Wait until the session's watchdog is ready: the supervisor's, started for it if need be.
+
+        Its address comes through the environment, where the test's
+        processes find it too.
+        """
+        self._writer.wants_watchdog()
+        os.kill(self._worker.supervisor_pid, signal.SIGCHLD)  # the supervisor waits for it
+        message = b""
+        while chunk := os.read(self._worker.ready, 4096):
+            message += chunk
+        os.close(self._worker.ready)
+        # Empty if the watchdog did not start: the supervisor ends this process.
+        os.environ.update(json.loads(message or b"{}"))
 
 
-def replay(session: pytest.Session, history: list[TestRecord], grace: float) -> None:
-    """Report the tests earlier workers ran, as they reported them; drop them from the run.
+class _Phases:
+    """Where each test is: registered only if some test has a deadline (and so is recorded)."""
 
-    A test whose worker was killed (``killed_by`` set) is reported as the
-    supervisor saw it end. The terminal shows all of it already but the end
-    of the last test, whose worker died just now.
-    """
-    *before, last = ((session.items[test.index], test) for test in history)
-    with _quiet_terminal(session.config):
-        for item, test in before:
-            _replay_start(item, test)
-            _replay_end(item, test, grace)
-        _replay_start(*last)
-    _replay_end(*last, grace)
-    del session.items[: len(history)]
-    _stop_if_asked(session)
+    def __init__(self, writer: RecordWriter) -> None:
+        self._writer = writer
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self) -> None:
+        self._writer.phase("setup")
 
-def _replay_start(item: pytest.Item, test: TestRecord) -> None:
-    """What the test's worker reported: its start, warnings and reports."""
-    hook = item.ihook
-    hook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    for warning in test.warnings:
-        message, nodeid = warning_from_record(warning)
-        hook.pytest_warning_recorded.call_historic(
-            kwargs={
-                "warning_message": message,
-                "when": "runtest",
-                "nodeid": nodeid,
-                "location": None,
-            }
-        )
-    for recorded in test.reports:
-        hook.pytest_runtest_logreport(report=report_from_record(recorded, item, item.config))
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(self) -> None:
+        self._writer.phase("call")
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self) -> None:
+        self._writer.phase("teardown")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logfinish(self) -> None:
+        self._writer.finished()
 
 
-def _replay_end(item: pytest.Item, test: TestRecord, grace: float) -> None:
-    """The test's end: how its worker died, if it died in it."""
-    if test.killed_by is not None:
-        item.ihook.pytest_runtest_logreport(report=_killed_report(item, test, grace))
-    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
-
-
-def _killed_report(item: pytest.Item, test: TestRecord, grace: float) -> pytest.TestReport:
-    assert test.killed_by is not None
-    phase = test.phase_reached()
-    if test.stacks:
-        seconds = format_seconds(test.seconds) if test.seconds is not None else "its deadline"
-        message = (
-            f"{item.nodeid} expired after {seconds} (in {phase}); it did not stop when "
-            f"interrupted and its process was killed {format_seconds(grace)} later"
-        )
-        sections = [(f"expired: {item.nodeid} after {seconds}", test.stacks)]
-    else:
-        message = (
-            f"{item.nodeid}: its process died in {phase} "
-            f"({signal.Signals(test.killed_by).name}); the session went on in a new one"
-        )
-        sections = []
-    return item_report(item, phase, "failed", message, sections=sections)
-
-
-@contextmanager
-def _quiet_terminal(config: pytest.Config) -> Iterator[None]:
-    """Report to a terminal writer of our own, leaving the real one where the screen is.
-
-    The quiet writer is the real one's twin (width, markup), so after the
-    replay the real one is told the line the screen shows now: the earlier
-    worker's output, which this writer would have written the same way.
-    """
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if not isinstance(reporter, TerminalReporter):
-        yield
-        return
-    real = reporter._tw
-    quiet = TerminalWriter(io.StringIO())
-    quiet.hasmarkup = real.hasmarkup
-    quiet.fullwidth = real.fullwidth
-    quiet._current_line = real._current_line
-    reporter._tw = quiet
-    try:
-        yield
-    finally:
-        reporter._tw = real
-        real._current_line = quiet._current_line
-
-
-def become_worker(
-    session: pytest.Session,
-    records: Path,
-    history: list[TestRecord],
-    grace: float,
-    supervisor_pid: int,
-) -> WorkerPlugin:
-    """In a just-forked worker: die with the supervisor, replay the history; the recorder.
-
-    The plugin's per-test hooks record each test with the recorder returned.
-    """
-    # Killed with its supervisor, even by SIGKILL: a worker left running a
-    # hung test would have no watchdog.
-    die_with_parent(supervisor_pid, signal.SIGKILL)
-    index = {id(item): position for position, item in enumerate(session.items)}
-    if history:
-        replay(session, history, grace)
-    recorder = WorkerPlugin(session.config, records, index)
-    session.config.pluginmanager.register(recorder, "expire-worker")
-    return recorder
-
-
-def run_the_rest(session: pytest.Session) -> None:
+def _run_the_rest(session: pytest.Session) -> None:
     """Run the tests a replay left, as pytest's loop does.
 
     pytest's own loop would take the failures just replayed for collection
@@ -190,11 +256,4 @@ def run_the_rest(session: pytest.Session) -> None:
     for position, item in enumerate(items):
         nextitem = items[position + 1] if position + 1 < len(items) else None
         item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
-        _stop_if_asked(session)
-
-
-def _stop_if_asked(session: pytest.Session) -> None:
-    if session.shouldfail:
-        raise session.Failed(session.shouldfail)
-    if session.shouldstop:
-        raise session.Interrupted(session.shouldstop)
+        stop_if_asked(session)

@@ -6,16 +6,11 @@ worker is really killed or crashes.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 import xml.etree.ElementTree as ET
 
-import psutil
 import pytest
-from snippets import ARGS, FOLLOWER, HOLD_THE_GIL_FOREVER, wait_until_exists
+from snippets import ARGS, FOLLOWER, HOLD_THE_GIL_FOREVER
 
 HANGS = HOLD_THE_GIL_FOREVER + textwrap.dedent(
     """
@@ -102,51 +97,10 @@ def test_the_terminal_shows_each_test_once_and_the_run_as_pytest_does(
     assert "recorded by the killed worker" in output
 
 
-def test_ctrl_c_reaches_the_worker_which_reports_the_interruption(
+def test_a_thread_before_pytest_starts_keeps_the_tests_in_process(
     pytester: pytest.Pytester,
 ) -> None:
-    started = pytester.path / "started"
-    pytester.makepyfile(
-        test_suite=textwrap.dedent(
-            f"""
-            import time
-
-            def test_passes():
-                pass
-
-            def test_waits():
-                open({str(started)!r}, "w").close()
-                time.sleep(3600)
-            """
-        )
-    )
-    session = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "--expire-default=600", "-p", "no:cacheprovider"],
-        cwd=pytester.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # a process group of its own, as a terminal's job
-        text=True,
-    )
-    try:
-        wait_until_exists(started, 60)
-        descendants = psutil.Process(session.pid).children(recursive=True)
-        os.killpg(session.pid, signal.SIGINT)
-        output, _ = session.communicate(timeout=60)
-    finally:
-        if session.poll() is None:
-            os.killpg(session.pid, signal.SIGKILL)
-            session.wait()
-    assert session.returncode == pytest.ExitCode.INTERRUPTED, output
-    assert "KeyboardInterrupt" in output
-    assert "1 passed" in output
-    _, alive = psutil.wait_procs(descendants, timeout=10)
-    assert not alive
-
-
-def test_a_thread_at_the_end_of_collection_keeps_the_tests_in_process(
-    pytester: pytest.Pytester,
-) -> None:
+    # A conftest.py of the rootdir is imported before pytest_cmdline_main.
     pytester.makeconftest(
         """
         import threading
@@ -163,28 +117,6 @@ def test_a_thread_at_the_end_of_collection_keeps_the_tests_in_process(
     )
     result = pytester.runpytest_subprocess("--expire-default=30")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*2 threads run in this process*a test that must be killed*"])
-
-
-def test_pytest_main_in_a_program_is_not_forked(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_suite="""
-        import os
-
-        def test_runs_in_the_program():
-            assert os.environ["PYTEST_EXPIRE_OWNER"] == str(os.getpid())
-        """
+    result.stdout.fnmatch_lines(
+        ["*2 threads ran in this process when pytest started*a test that must be killed*"]
     )
-    program = pytester.makepyfile(
-        program="""
-        import sys
-        import pytest
-
-        code = pytest.main(["--expire-default=30", "test_suite.py", "-p", "no:cacheprovider"])
-        print("the program goes on after pytest.main:", int(code))
-        sys.exit(code)
-        """
-    )
-    result = pytester.run(sys.executable, program)
-    assert result.ret == 0, result.stdout.str()
-    result.stdout.fnmatch_lines(["*1 passed*", "the program goes on after pytest.main: 0"])
