@@ -270,20 +270,25 @@ class _PerTest:
             seconds = item.stash[DEADLINE]
         except KeyError:  # an item that no collection hook saw
             seconds = deadline_for(item, self.plugin.settings)
-        if self.plugin.recorder is not None:
-            self.plugin.recorder.test_started(item, seconds)
+        recorder = self.plugin.recorder
+        if recorder is not None:
+            recorder.test_started(item, seconds)
         if seconds is None:
-            return (yield)
-        link = self.plugin.connect()
-        self.deadline = deadline = link.arm(item.nodeid, seconds)
-        try:
-            return (yield)
-        finally:
-            # Not left to the next test's arm: a worker may wait between two
-            # tests (an xdist worker for its next test, say) for longer than
-            # this test's deadline and grace.
-            self.deadline = None
-            link.disarm(deadline)
+            result = yield
+        else:
+            link = self.plugin.connect()
+            self.deadline = deadline = link.arm(item.nodeid, seconds)
+            try:
+                result = yield
+            finally:
+                # Not left to the next test's arm: a worker may wait between two
+                # tests (an xdist worker for its next test, say) for longer than
+                # this test's deadline and grace.
+                self.deadline = None
+                link.disarm(deadline)
+        if recorder is not None:
+            recorder.test_finished()
+        return result
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -299,6 +304,8 @@ class _PerTest:
             if report.when == "teardown" and self.plugin.link is not None:
                 # A rerun of the test runs under a deadline of its own.
                 self.plugin.link.renew(deadline)
+        if self.plugin.recorder is not None:
+            self.plugin.recorder.phase_ended(report)
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

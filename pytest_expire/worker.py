@@ -136,10 +136,11 @@ def attach(config: pytest.Config) -> WorkerPlugin | None:
 class WorkerPlugin:
     """Records a worker's session for its supervisor; replays the history of the workers before.
 
-    The start of each test and its reports are recorded from the plugin's
-    own per-test hooks (``plugin._PerTest``), which call :meth:`test_started`
-    and :meth:`test_reported`: one hook implementation fewer for pytest to
-    call three times a test.
+    Each test's start, phases, reports and end are recorded from the
+    plugin's own per-test hooks (``plugin._PerTest``), which call
+    :meth:`test_started`, :meth:`phase_ended`, :meth:`test_reported` and
+    :meth:`test_finished`: no hook implementation of its own for pytest to
+    call for each test.
     """
 
     def __init__(self, config: pytest.Config, worker: Worker, writer: RecordWriter) -> None:
@@ -152,10 +153,26 @@ class WorkerPlugin:
 
     def test_started(self, item: pytest.Item, seconds: float | None) -> None:
         self._writer.started(item.nodeid, seconds)
+        self._writer.phase("setup")
         # Before the test can hang: what the terminal was shown must not die
         # in a buffer with the worker (a no-op where pytest flushed already).
         if self._reporter is not None:
             self._reporter.flush()
+
+    def phase_ended(self, report: pytest.TestReport) -> None:
+        """The phase of ``report`` ended (its report is made): the test is in the next one.
+
+        The call runs only after a setup that passed; after the teardown, a
+        plugin that reruns the test (pytest-rerunfailures) starts its next
+        attempt's setup, or the test finishes.
+        """
+        if report.when == "teardown":
+            self._writer.phase("setup")
+        else:
+            self._writer.phase("call" if report.when == "setup" and report.passed else "teardown")
+
+    def test_finished(self) -> None:
+        self._writer.finished()
 
     def test_reported(self, report: pytest.TestReport) -> None:
         self._writer.report(report, self._config)
@@ -197,7 +214,6 @@ class WorkerPlugin:
             gc.freeze()
         if any(item.stash.get(DEADLINE, None) is not None for item in session.items):
             self._join_watchdog()
-            self._config.pluginmanager.register(_Phases(self._writer), "expire-worker-phases")
         if not self._worker.history:
             return None  # pytest's loop runs the tests
         start = self._worker.session_start
@@ -221,29 +237,6 @@ class WorkerPlugin:
         os.close(self._worker.ready)
         # Empty if the watchdog did not start: the supervisor ends this process.
         os.environ.update(json.loads(message or b"{}"))
-
-
-class _Phases:
-    """Where each test is: registered only if some test has a deadline (and so is recorded)."""
-
-    def __init__(self, writer: RecordWriter) -> None:
-        self._writer = writer
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_setup(self) -> None:
-        self._writer.phase("setup")
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_call(self) -> None:
-        self._writer.phase("call")
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_teardown(self) -> None:
-        self._writer.phase("teardown")
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_runtest_logfinish(self) -> None:
-        self._writer.finished()
 
 
 def _run_the_rest(session: pytest.Session) -> None:
