@@ -157,6 +157,8 @@ _ACCEPT_BATCH = 64
 _MAX_WAIT = 86400.0
 _REAP_RETRY_INTERVAL = 1.0
 _ERROR_BACKOFF = 0.1
+# What reading a client's pipe found (see _read_pipe).
+_NOTHING, _SOME, _FULL = 0, 1, 2
 
 
 class TimerServerError(ConnectionError):
@@ -885,17 +887,25 @@ class UnixSocketTimerServer(Watchdog):
                 conn = self._conns.get(fd)
                 if conn is not None:
                     self._read_control(conn)
-        if self._read_pipes():
-            self._reap(time.time())
-            return 0.0  # there may be more
+        read = self._read_pipes()
         now = time.time()
         self._reap(now)
+        if read == _FULL:
+            return 0.0  # a pipe holds more than one read took
         wake_at = self._next_wake(now)
         self._wake_time[0] = wake_at
         # A client that wrote after the read above may have seen _AWAKE and
-        # not woken us: read once more after publishing the wake time.
-        if self._read_pipes():
+        # not woken us: read once more after publishing the wake time. What
+        # comes can only bring the wake time forward; a client that writes
+        # after this read sees the wake time published, and wakes us if its
+        # deadline is earlier. (Returning at once after every read instead
+        # would spin while a busy client writes.)
+        read = self._read_pipes()
+        if read == _FULL:
             return 0.0
+        if read:
+            wake_at = self._next_wake(now)
+            self._wake_time[0] = wake_at
         return max(0.0, wake_at - time.time())
 
     def _next_wake(self, now: float) -> float:
@@ -996,23 +1006,25 @@ class UnixSocketTimerServer(Watchdog):
         except OSError as exc:
             self._end_connection(conn, f"could not be answered ({exc})")
 
-    def _read_pipes(self) -> bool:
-        """Read every client's pipe once; whether anything came."""
-        got = False
+    def _read_pipes(self) -> int:
+        """Read every client's pipe once: :data:`_FULL` if a read may have left more,
+        else :data:`_SOME` if anything came, else :data:`_NOTHING`."""
+        read = _NOTHING
         for conn in tuple(self._conns.values()):
             if conn.pipe >= 0:
                 state = self._read_pipe(conn)
-                if state:
-                    got = True
                 if state < 0:
                     self._end_connection(conn, "closed its pipe")
-        return got
+                    state = _SOME
+                read = max(read, state)
+        return read
 
     def _read_pipe(self, conn: _ServerConnection) -> int:
         """Read and apply what is in a client's pipe.
 
-        Returns 1 if something came, 0 if nothing, -1 if the pipe ended or is
-        corrupt (the connection must end).
+        Returns :data:`_FULL` if the read took all it could (more may wait),
+        :data:`_SOME` if something came, :data:`_NOTHING` if nothing, -1 if
+        the pipe ended or is corrupt (the connection must end).
         """
         try:
             data = os.read(conn.pipe, _READ_SIZE)
@@ -1025,6 +1037,7 @@ class UnixSocketTimerServer(Watchdog):
             return -1
         if not data:
             return -1
+        full = len(data) == _READ_SIZE
         if conn.pending:
             data = conn.pending + data
         decoded = _decode(data)
@@ -1042,7 +1055,7 @@ class UnixSocketTimerServer(Watchdog):
             conn.pipe = -1
             return -1
         conn.pending = data[decoded.consumed :]
-        return 1
+        return _FULL if full else _SOME
 
     def _apply(self, pid: int, requests: list[tuple[str, float, int]]) -> None:
         timers = self._timers
