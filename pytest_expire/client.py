@@ -67,6 +67,7 @@ class Link:
         deadline.token = self._tokens.new(deadline.seconds)
         deadline.paused = False
         deadline.expired_in = None
+        deadline.spent = False
         deadline.notes.clear()
         self._publish()
 
@@ -97,23 +98,22 @@ class Link:
         )
 
     def _publish(self) -> None:
-        """Hold the earliest running deadline with the watchdog, or none."""
+        """Hold the earliest running deadline with the watchdog, or none.
+
+        None is the page's word alone, with no request: the watchdog acts on
+        an expired timer only while the page shows its token armed, and the
+        next deadline armed replaces the timer. So a test costs one write.
+        """
         tokens = [deadline.token for deadline in interrupt.armed if not deadline.paused]
-        token = min(tokens) if tokens else 0.0
-        if token:
-            self.page.arm(token)
-        else:
+        if not tokens:
             self.page.disarm()
+            return
+        token = min(tokens)
+        self.page.arm(token)
         try:
-            self._send(token)
+            self._timer.acquire(token)
         except TimerServerError as exc:
             self._reconnect(token, exc)
-
-    def _send(self, token: float) -> None:
-        if token:
-            self._timer.acquire(token)
-        else:
-            self._timer.release()
 
     def _reconnect(self, token: float, exc: TimerServerError) -> None:
         """The watchdog is gone: have it revived, and hold the deadline with the new one.
@@ -129,7 +129,7 @@ class Link:
             waited_until = time.monotonic() + _RECONNECT_TIMEOUT
             while True:
                 try:
-                    self._send(token)
+                    self._timer.acquire(token)
                     return
                 except TimerServerError as again:
                     exc = again
@@ -144,7 +144,7 @@ class Link:
             )
         else:
             with contextlib.suppress(TimerServerError):
-                self._send(token)
+                self._timer.acquire(token)
                 self._lost = None
 
     def join(self) -> Link:

@@ -30,7 +30,6 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import FrameType
 
 # Public as ``pytest.fail.Exception``, which a type checker cannot subclass.
@@ -59,18 +58,24 @@ class Expired(Failed):
     """
 
 
-@dataclass(eq=False)  # one deadline is itself, not any with the same fields
 class Deadline:
-    """An armed deadline of a test this process runs."""
+    """An armed deadline of a test this process runs (one object per test: no dataclass,
+    whose default factories cost every test a little)."""
 
-    nodeid: str
-    seconds: float
-    #: Its expiration time as armed, and its name in the watchdog's word (``verdict``).
-    token: float
-    paused: bool = False
-    #: The phase it expired in, once the test was found expired (interrupted or not).
-    expired_in: str | None = None
-    notes: list[str] = field(default_factory=list)
+    __slots__ = ("expired_in", "nodeid", "notes", "paused", "seconds", "spent", "token")
+
+    def __init__(self, nodeid: str, seconds: float, token: float) -> None:
+        self.nodeid = nodeid
+        self.seconds = seconds
+        #: Its expiration time as armed, and its name in the watchdog's word (``verdict``).
+        self.token = token
+        self.paused = False
+        #: The phase it expired in, once the test was found expired (interrupted or not).
+        self.expired_in: str | None = None
+        #: Stacks of what the thread dumps do not show (asyncio tasks).
+        self.notes: list[str] = []
+        #: Its test's teardown ended: a rerun of the test needs a deadline of its own.
+        self.spent = False
 
     def message(self) -> str:
         return f"{self.nodeid} expired after {self.seconds:g} s (in {self.expired_in})"

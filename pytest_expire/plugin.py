@@ -301,12 +301,18 @@ class _PerTest:
         deadline = self.deadline
         if deadline is not None and deadline.nodeid == report.nodeid:
             self.plugin.judge(report, deadline)
-            if report.when == "teardown" and self.plugin.link is not None:
-                # A rerun of the test runs under a deadline of its own.
-                self.plugin.link.renew(deadline)
+            deadline.spent = report.when == "teardown"
         if self.plugin.recorder is not None:
             self.plugin.recorder.phase_ended(report)
         return report
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self) -> None:
+        deadline = self.deadline
+        if deadline is not None and deadline.spent and self.plugin.link is not None:
+            # A plugin reruns the test (pytest-rerunfailures): the new attempt
+            # runs under a deadline of its own.
+            self.plugin.link.renew(deadline)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.plugin.recorder is not None:
