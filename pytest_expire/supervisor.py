@@ -67,9 +67,9 @@ _NOT_RUNNING = (
     "looponfail",
 )
 # A SIGINT that reached the worker too (a terminal's Ctrl-C, a signal to the
-# process group) is being handled there by then; one sent to this process
-# alone is passed on.
-_INTERRUPT_DELAY = 0.2
+# process group) is being handled there by then, even on a loaded machine;
+# one sent to this process alone is passed on.
+_INTERRUPT_DELAY = 1.0
 _WAITED_FOR = frozenset({signal.SIGINT, signal.SIGCHLD})
 
 # Whether a session of ours runs in this process: a session that a test runs
