@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from pytest_expire import diagnose
 from pytest_expire.signals import INTERRUPT_SIGNAL, handles
@@ -73,7 +74,7 @@ class Escalation:
         if pidfd is None:
             page.close()
             return
-        self._start(pid, pidfd, page, token, [timer.to_json() for timer in timers])
+        self._start(_Expiry(pid, pidfd, page, token, [timer.to_json() for timer in timers]))
 
     def adopt_armed(self) -> int:
         """Take over the deadlines a watchdog that died left armed; how many there were.
@@ -97,72 +98,56 @@ class Escalation:
                 if page is not None:
                     page.close()
                 continue
-            self._start(pid, pidfd, page, token, [], at=token)
+            self._start(_Expiry(pid, pidfd, page, token, []), at=token)
             adopted += 1
         return adopted
 
-    def _start(
-        self,
-        pid: int,
-        pidfd: int,
-        page: VerdictPage,
-        token: float,
-        timers: list[str],
-        at: float | None = None,
-    ) -> None:
-        threading.Thread(
-            target=self._escalate,
-            args=(pid, pidfd, page, token, timers, at),
-            name=f"escalation-{pid}",
-            daemon=True,
-        ).start()
+    def _start(self, expiry: _Expiry, at: float | None = None) -> None:
+        """Escalate in a thread of its own: at once, or once the wall clock reads ``at``."""
 
-    def _escalate(
-        self,
-        pid: int,
-        pidfd: int,
-        page: VerdictPage,
-        token: float,
-        timers: list[str],
-        at: float | None,
-    ) -> None:
-        try:
-            if at is not None and not _wait_until(at, pidfd, page, token):
-                return
-            if page.armed() != token:
-                return  # the test ended: its release is on its way
-            page.mark_expired(token)
-            text = diagnose.stacks_of_tree(self.directory, pid)
-            write_diagnosis(self.directory, pid, token, text)
-            debug_info_logging.log_debug_info_for_expired_timers(
-                self.run_id, {pid: timers}, stacks={pid: text}
-            )
-            if page.armed() != token:
-                return
-            if handles(pid, INTERRUPT_SIGNAL):
-                _send(pidfd, INTERRUPT_SIGNAL)
-            if self._ends_within_grace(pidfd, page, token):
-                return
-            self._kill(pid, pidfd, page, token)
-        except Exception:
-            logger.exception("the escalation of process %d's expired test failed", pid)
-        finally:
-            os.close(pidfd)
-            page.close()
+        def escalate() -> None:
+            try:
+                if at is None or _wait_until(at, expiry):
+                    self._escalate(expiry)
+            except Exception:
+                logger.exception("the escalation of process %d's expired test failed", expiry.pid)
+            finally:
+                os.close(expiry.pidfd)
+                expiry.page.close()
 
-    def _ends_within_grace(self, pidfd: int, page: VerdictPage, token: float) -> bool:
+        threading.Thread(target=escalate, name=f"escalation-{expiry.pid}", daemon=True).start()
+
+    def _escalate(self, expiry: _Expiry) -> None:
+        pid, pidfd, page, token = expiry.pid, expiry.pidfd, expiry.page, expiry.token
+        if page.armed() != token:
+            return  # the test ended in time
+        page.mark_expired(token)
+        text = diagnose.stacks_of_tree(self.directory, pid)
+        write_diagnosis(self.directory, pid, token, text)
+        debug_info_logging.log_debug_info_for_expired_timers(
+            self.run_id, {pid: expiry.timers}, stacks={pid: text}
+        )
+        if page.armed() != token:
+            return
+        if handles(pid, INTERRUPT_SIGNAL):
+            _send(pidfd, INTERRUPT_SIGNAL)
+        if not self._ends_within_grace(expiry):
+            self._kill(expiry)
+
+    def _ends_within_grace(self, expiry: _Expiry) -> bool:
         """Wait out the grace period from now; whether the test ended (or its process)."""
         kill_at = time.monotonic() + self.grace
-        while page.armed() == token:
+        while expiry.page.armed() == expiry.token:
             remaining = kill_at - time.monotonic()
             if remaining <= 0:
                 return False
-            readable, _, _ = select.select([pidfd], [], [], min(remaining, _POLL))
+            readable, _, _ = select.select([expiry.pidfd], [], [], min(remaining, _POLL))
             if readable:
                 return True  # the process exited
         return True
 
-    def _kill(self, pid: int, pidfd: int, page: VerdictPage, token: float) -> None:
+    def _kill(self, expiry: _Expiry) -> None:
+        pid, pidfd, page, token = expiry.pid, expiry.pidfd, expiry.page, expiry.token
         text = diagnose.stacks_of_tree(self.directory, pid, native=True)
         # Stopped first: it cannot end the test (and report it passed) while
         # its children die, and the page cannot change any more.
@@ -186,13 +171,26 @@ class Escalation:
         _send(pidfd, signal.SIGKILL)
 
 
-def _wait_until(when: float, pidfd: int, page: VerdictPage, token: float) -> bool:
+class _Expiry(NamedTuple):
+    """An expired test's process, as the escalation holds it."""
+
+    pid: int
+    #: Opened while the process was known: signals through it reach no other.
+    pidfd: int
+    page: VerdictPage
+    #: The deadline that passed.
+    token: float
+    #: The expired timers, for the debug-info hook.
+    timers: list[str]
+
+
+def _wait_until(when: float, expiry: _Expiry) -> bool:
     """Wait until the wall clock reads ``when``; False if the test or its process ended first."""
-    while page.armed() == token:
+    while expiry.page.armed() == expiry.token:
         remaining = when - wall_clock()
         if remaining <= 0:
             return True
-        readable, _, _ = select.select([pidfd], [], [], min(remaining, _ADOPTED_POLL))
+        readable, _, _ = select.select([expiry.pidfd], [], [], min(remaining, _ADOPTED_POLL))
         if readable:
             return False
     return False
