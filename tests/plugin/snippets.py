@@ -32,6 +32,18 @@ def hold_the_gil_forever():
     libc.pthread_mutex_lock(mutex)
 """
 
+#: A test that swallows every interrupt: only a kill ends it.
+SWALLOWS_EVERY_INTERRUPT = """
+import time
+
+def test_hangs():
+    while True:
+        try:
+            time.sleep(3600)
+        except BaseException:
+            pass
+"""
+
 FOLLOWER = """
 
 def test_still_runs():

@@ -23,6 +23,7 @@ from snippets import (
     FOLLOWER,
     GIL_HANG_SUITE,
     HOLD_THE_GIL_FOREVER,
+    SWALLOWS_EVERY_INTERRUPT,
     wait_until_exists,
 )
 
@@ -49,21 +50,7 @@ def test_c_code_holding_the_gil_is_killed_and_reported(pytester: pytest.Pytester
 
 
 def test_a_test_that_swallows_the_interrupt_is_killed(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_suite=textwrap.dedent(
-            """
-            import time
-
-            def test_hangs():
-                while True:
-                    try:
-                        time.sleep(3600)
-                    except BaseException:
-                        pass
-            """
-        )
-        + FOLLOWER
-    )
+    pytester.makepyfile(test_suite=SWALLOWS_EVERY_INTERRUPT + FOLLOWER)
     result = pytester.runpytest_subprocess(*ARGS, timeout=120)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*test_hangs expired after 0.5 s (in call); it did not stop*"])

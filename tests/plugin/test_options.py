@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from snippets import FOLLOWER, SWALLOWS_EVERY_INTERRUPT
 
 SLOW_TEST = """
 import time
@@ -226,25 +227,8 @@ def test_a_grace_of_zero_is_zero_and_only_empty_is_unset(
 
 def test_an_ini_grace_of_zero_kills_right_after_the_interrupt(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nexpire_default = 0.5\nexpire_grace = 0\n")
-    pytester.makepyfile(
-        """
-        import time
-
-        def test_hangs():
-            while True:
-                try:
-                    time.sleep(3600)
-                except BaseException:
-                    pass
-
-        def test_still_runs():
-            pass
-        """
-    )
-    # pytest-rerunfailures, where installed beside xdist, starts a thread in
-    # pytest's process, which then runs the tests itself, unforked: the kill
-    # would end the session before it reports.
-    result = pytester.runpytest_subprocess("-p", "no:rerunfailures", timeout=60)
+    pytester.makepyfile(SWALLOWS_EVERY_INTERRUPT + FOLLOWER)
+    result = pytester.runpytest_subprocess(timeout=60)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*test_hangs expired after 0.5 s*was killed 0 s later*"])
 
