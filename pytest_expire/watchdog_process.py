@@ -18,6 +18,7 @@ serves until SIGTERM.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -52,6 +53,10 @@ def main(argv: list[str]) -> None:
     os.close(sys.stdout.fileno())
     signal.sigwait({signal.SIGTERM})
     server.stop()
+    if os.getppid() != host_pid:
+        # The host died (killed with SIGKILL, say) and cannot clean up: the
+        # session's directory goes with its last process.
+        shutil.rmtree(directory, ignore_errors=True)
     sys.stderr.flush()
     # Nothing is left to tear down: skip the interpreter's exit, which would
     # make stop() wait for it.

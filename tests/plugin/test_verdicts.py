@@ -9,11 +9,15 @@ dump.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
+import psutil
 import pytest
-from snippets import FOLLOWER
+from snippets import FOLLOWER, wait_until_exists
 
 ARGS = ("--expire-default=0.5", "--expire-grace=1", "-rA", "-p", "no:randomly")
 
@@ -337,3 +341,44 @@ def test_each_rerun_runs_under_a_deadline_of_its_own(pytester: pytest.Pytester) 
     # Rerun only because the first attempt, which returned, was judged expired.
     assert result.parseoutcomes() == {"passed": 1, "rerun": 1}
     result.stdout.fnmatch_lines(["test_suite.py R. *"])
+
+
+def test_a_session_killed_from_outside_leaves_no_watchdog_behind(
+    pytester: pytest.Pytester,
+) -> None:
+    started = pytester.path / "directory"
+    pytester.makepyfile(
+        test_suite=f"""
+        import os, time
+        from pathlib import Path
+
+        def test_waits():
+            Path({str(started)!r}).write_text(os.environ["PYTEST_EXPIRE_DIRECTORY"])
+            time.sleep(60)
+        """
+    )
+    session = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "--expire-default=60", "-p", "no:cacheprovider"],
+        cwd=pytester.path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until_exists(started, 60)
+        while not started.read_text():
+            time.sleep(0.05)
+        directory = Path(started.read_text())
+        watchdog = psutil.Process(int((directory / "helpers.pids").read_text()))
+        session.kill()  # the process the user started, with SIGKILL: nothing of it cleans up
+        session.wait()
+        # The worker dies with it, and the watchdog too, which takes the
+        # session's directory with it.
+        watchdog.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while directory.exists():
+            assert time.monotonic() < deadline, f"{directory} outlived its session"
+            time.sleep(0.05)
+    finally:
+        if session.poll() is None:
+            session.kill()
+            session.wait()
