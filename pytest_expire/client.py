@@ -22,14 +22,20 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from pytest_expire import interrupt, stacks
 from pytest_expire.interrupt import Deadline
 from pytest_expire.timer.unix_socket_timer import TimerServerError, UnixSocketTimerClient
-from pytest_expire.verdict import Tokens, VerdictPage, page_path, wall_clock
+from pytest_expire.verdict import (
+    Tokens,
+    VerdictPage,
+    monotonic_clock,
+    page_path,
+    sleep,
+    wall_clock,
+)
 from pytest_expire.watchdog import TEST_SCOPE
 
 # How long a process waits for a new watchdog once it found its own gone
@@ -59,7 +65,10 @@ class Link:
         """Arm a deadline of ``seconds`` from now for test ``nodeid``."""
         deadline = Deadline(nodeid, seconds, self._tokens.new(seconds))
         interrupt.armed.append(deadline)
-        self._publish()
+        if self._publish():
+            # The wait for a new watchdog was the plugin's, not the test's.
+            deadline.token = self._tokens.new(seconds)
+            self._publish()
         return deadline
 
     def renew(self, deadline: Deadline) -> None:
@@ -69,6 +78,14 @@ class Link:
         deadline.expired_in = None
         deadline.spent = False
         deadline.notes.clear()
+        self._publish()
+
+    def suspend(self, deadline: Deadline) -> None:
+        """The test of ``deadline`` ended its teardown: off the clock until it ends, or
+        until a plugin that reruns it (pytest-rerunfailures) starts the next attempt,
+        which :meth:`renew` gives a deadline of its own (a delay between two
+        attempts is charged to neither)."""
+        deadline.spent = True
         self._publish()
 
     def pause(self, deadline: Deadline) -> None:
@@ -90,32 +107,34 @@ class Link:
 
         The clock is ``verdict.wall_clock``, which no patch of ``time`` reaches;
         it catches a phase that ended after its deadline before the watchdog
-        got to it. A deadline paused for a debugger has not passed: its test
-        has no deadline while someone looks at it.
+        got to it. A debugger changes how a deadline is enforced, not whether
+        it passed: a test found under one is neither interrupted nor killed,
+        but if it ends late it fails (pytest's own debugger gives the test
+        its whole deadline again when it continues, see :meth:`renew`).
         """
-        return not deadline.paused and (
-            self.page.expired(deadline.token) or wall_clock() >= deadline.token
-        )
+        return self.page.expired(deadline.token) or wall_clock() >= deadline.token
 
-    def _publish(self) -> None:
-        """Hold the earliest running deadline with the watchdog, or none.
+    def _publish(self) -> bool:
+        """Hold the earliest running deadline with the watchdog, or none; whether that
+        meant waiting for a new watchdog.
 
         None is the page's word alone, with no request: the watchdog acts on
         an expired timer only while the page shows its token armed, and the
         next deadline armed replaces the timer. So a test costs one write.
         """
-        tokens = [deadline.token for deadline in interrupt.armed if not deadline.paused]
+        tokens = [d.token for d in interrupt.armed if not (d.paused or d.spent)]
         if not tokens:
             self.page.disarm()
-            return
+            return False
         token = min(tokens)
         self.page.arm(token)
         try:
             self._timer.acquire(token)
         except TimerServerError as exc:
-            self._reconnect(token, exc)
+            return self._reconnect(token, exc)
+        return False
 
-    def _reconnect(self, token: float, exc: TimerServerError) -> None:
+    def _reconnect(self, token: float, exc: TimerServerError) -> bool:
         """The watchdog is gone: have it revived, and hold the deadline with the new one.
 
         Its owner starts a new one (this process, through ``revive``, or a
@@ -126,26 +145,27 @@ class Link:
         """
         if self._lost is None:
             self._revive()
-            waited_until = time.monotonic() + _RECONNECT_TIMEOUT
+            waited_until = monotonic_clock() + _RECONNECT_TIMEOUT
             while True:
                 try:
                     self._timer.acquire(token)
-                    return
+                    return True
                 except TimerServerError as again:
                     exc = again
-                if time.monotonic() >= waited_until:
+                if monotonic_clock() >= waited_until:
                     break
-                time.sleep(_RECONNECT_POLL)
+                sleep(_RECONNECT_POLL)
             self._lost = str(exc)
             sys.stderr.write(
                 f"pytest-expire: {exc}; the tests of process {os.getpid()} go on without "
                 "their watchdog (no stacks, no interrupt, no kill; a test that ends after "
                 "its deadline still fails)\n"
             )
-        else:
-            with contextlib.suppress(TimerServerError):
-                self._timer.acquire(token)
-                self._lost = None
+            return True
+        with contextlib.suppress(TimerServerError):
+            self._timer.acquire(token)
+            self._lost = None
+        return False
 
     def join(self) -> Link:
         """A session of this process uses the link; it will :meth:`leave` it."""

@@ -126,7 +126,7 @@ def expired_deadline() -> Deadline | None:
 def _on_interrupt(signum: int, frame: FrameType | None) -> None:
     __tracebackhide__ = True
     deadline = expired_deadline()
-    if deadline is None or deadline.paused or deadline.expired_in is not None:
+    if deadline is None or deadline.paused or deadline.spent or deadline.expired_in is not None:
         return
     if _debugger_attached():
         deadline.paused = True

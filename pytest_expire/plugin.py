@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Generator
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from pytest_expire.settings import (
     from_config,
 )
 from pytest_expire.timer.unix_socket_timer import ADDRESS_ENV
+from pytest_expire.verdict import monotonic_clock, sleep
 from pytest_expire.watchdog import (
     DIRECTORY_ENV,
     OWNER_ENV,
@@ -225,13 +225,13 @@ class ExpirePlugin:
         """The stacks the watchdog took at ``deadline``, waiting for them if it is taking them."""
         assert self.link is not None
         text = read_diagnosis(self.link.directory, os.getpid(), token=deadline.token)
-        waited_until = time.monotonic() + _DIAGNOSIS_WAIT
+        waited_until = monotonic_clock() + _DIAGNOSIS_WAIT
         while (
             text is None
             and self.link.page.expired(deadline.token)
-            and time.monotonic() < waited_until
+            and monotonic_clock() < waited_until
         ):
-            time.sleep(_DIAGNOSIS_POLL)
+            sleep(_DIAGNOSIS_POLL)
             text = read_diagnosis(self.link.directory, os.getpid(), token=deadline.token)
         if text is None:
             text = "(no stacks: the test ended past its deadline before the watchdog took them)\n"
@@ -301,7 +301,8 @@ class _PerTest:
         deadline = self.deadline
         if deadline is not None and deadline.nodeid == report.nodeid:
             self.plugin.judge(report, deadline)
-            deadline.spent = report.when == "teardown"
+            if report.when == "teardown" and self.plugin.link is not None:
+                self.plugin.link.suspend(deadline)
         if self.plugin.recorder is not None:
             self.plugin.recorder.phase_ended(report)
         return report

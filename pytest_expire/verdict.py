@@ -22,7 +22,8 @@ nothing per test but that); the watchdog reads ``armed`` to know whether
 the expired test is still running before it interrupts or kills.
 
 Times come from :data:`wall_clock`, the real-time clock taken when this
-module was imported: a test that patches ``time.time`` does not move it.
+module was imported: a test that patches ``time.time`` does not move it
+(nor the plugin's waits: :data:`monotonic_clock`, :data:`sleep`).
 This module imports neither pytest nor psutil: both sides import it.
 """
 
@@ -38,6 +39,11 @@ from pathlib import Path
 #: ``time.time()`` that no patch of the ``time`` module reaches (freezegun replaces
 #: ``time.time`` and every module attribute bound to it, not this).
 wall_clock = functools.partial(time.clock_gettime, time.CLOCK_REALTIME)
+#: ``time.monotonic()`` and ``time.sleep()`` likewise, for the plugin's own
+#: waits in a test's process: a test may replace ``time.monotonic`` with a
+#: fake clock that raises, or ``time.sleep`` with one that returns at once.
+monotonic_clock = functools.partial(time.clock_gettime, time.CLOCK_MONOTONIC)
+sleep = functools.partial(time.sleep)
 
 _ARMED, _EXPIRED, _STARTED = 0, 1, 2
 _SIZE = 3 * 8
