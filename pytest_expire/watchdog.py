@@ -48,6 +48,8 @@ READY = b"ready\n"
 _READY_TIMEOUT = 30.0
 # How long stop() waits for it before killing it.
 _STOP_TIMEOUT = 2.0
+# How many times revive() starts a new watchdog that dies as it starts.
+_REVIVALS = 3
 
 
 def diagnosis_path(directory: Path, pid: int, killed: bool = False) -> Path:
@@ -156,17 +158,22 @@ class SessionWatchdog:
         """Return once the watchdog accepts clients; raise if it failed to start."""
         if self._ready:
             return
-        assert self._process.stdout is not None
-        readable, _, _ = select.select([self._process.stdout], [], [], _READY_TIMEOUT)
-        answer = self._process.stdout.readline() if readable else b""
-        self._process.stdout.close()
+        answer = self._await_ready()
         if answer != READY:
             self.stop()
             raise RuntimeError(
                 "pytest-expire: the watchdog process did not start "
                 f"(it said {answer!r}; its errors, if any, are above)"
             )
-        self._ready = True
+
+    def _await_ready(self) -> bytes:
+        """What the watchdog process said once it could take clients (``READY``), or b""."""
+        assert self._process.stdout is not None
+        readable, _, _ = select.select([self._process.stdout], [], [], _READY_TIMEOUT)
+        answer = self._process.stdout.readline() if readable else b""
+        self._process.stdout.close()
+        self._ready = answer == READY
+        return answer
 
     def revive(self) -> bool:
         """Start a new watchdog at the same address if this one died; whether it had.
@@ -174,21 +181,36 @@ class SessionWatchdog:
         Something killed it (a test, a cleanup fixture, the OOM killer): the
         session goes on with a new one, which takes over the deadlines its
         clients had armed (``Escalation.adopt_armed``), and the loss is said
-        once, here.
+        once, here. A new one that dies while it starts is started again, a
+        few times; then the session goes on without a watchdog, and says so.
+        Never raises: it runs in a supervisor's wait, or a keeper thread.
         """
         if self._stopped or os.getpid() != self._owner or self._process.poll() is None:
             return False
         code = self._process.returncode
         how = f"killed by {signal_name(-code)}" if code < 0 else f"exit status {code}"
-        if self._process.stdout is not None:
-            self._process.stdout.close()
-        self._process = self._launch()
-        self.wait_ready()
-        sys.stderr.write(
-            f"pytest-expire: the session's watchdog process ended ({how}); "
-            f"a new one (process {self._process.pid}) took over\n"
+        for _ in range(_REVIVALS):
+            if self._process.stdout is not None:
+                self._process.stdout.close()
+            try:
+                self._process = self._launch()
+            except OSError as error:
+                _say(f"the session's watchdog process ended ({how}); starting another: {error}")
+                break
+            if self._await_ready() == READY:
+                _say(
+                    f"the session's watchdog process ended ({how}); "
+                    f"a new one (process {self._process.pid}) took over"
+                )
+                return True
+            self._process.kill()
+            self._process.wait()
+        _say(
+            f"the session's watchdog process ended ({how}) and no new one would start: "
+            "the tests go on without one (no stacks, no interrupt, no kill; a test that "
+            "ends after its deadline still fails)"
         )
-        sys.stderr.flush()
+        self._stopped = True
         return True
 
     def keep_alive(self) -> None:
@@ -225,6 +247,11 @@ class SessionWatchdog:
         if self._process.stdout is not None:
             self._process.stdout.close()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(f"pytest-expire: {text}\n")
+    sys.stderr.flush()
 
 
 def socket_path(directory: Path) -> Path:
