@@ -159,6 +159,16 @@ def replay(
     quiet.stop()
     last.end(grace)
     session.items[:] = [item for item in session.items if id(item) not in replayed]
+    lost = [test.nodeid for test in tests if test.item is None]
+    if lost and not session.shouldstop:
+        # Ids that change from one collection to the next (a random
+        # parameter, say): what was run cannot be told from what was not,
+        # and running on could run the killed test again, and again.
+        session.shouldstop = (
+            f"pytest-expire: the tests collected again after a worker died differ from "
+            f"those it ran ({', '.join(lost[:3])}{', ...' if len(lost) > 3 else ''} are "
+            "gone); the rest of the session cannot be told apart from what ran"
+        )
     stop_if_asked(session)
 
 
