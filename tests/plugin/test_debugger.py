@@ -32,11 +32,16 @@ def test_breakpoint_is_not_interrupted(pytester: pytest.Pytester, default: str) 
         child.terminate(force=True)
 
 
-def test_a_test_under_an_attached_debugger_loses_its_deadline(pytester: pytest.Pytester) -> None:
+def test_a_test_under_an_attached_debugger_is_neither_interrupted_nor_killed(
+    pytester: pytest.Pytester,
+) -> None:
     # A debugger pytest does not know of (an IDE's, attached to the process)
-    # stops at a line while someone reads, past the deadline and the grace.
+    # stops at a line while someone reads, past the deadline and the grace:
+    # the test goes on to its end, and fails for having ended late (a
+    # tracer that only looks like a debugger must not make a late test pass).
+    ended = pytester.path / "ended"
     pytester.makepyfile(
-        """
+        f"""
         import bdb
         import time
         import pytest
@@ -49,7 +54,7 @@ def test_a_test_under_an_attached_debugger_loses_its_deadline(pytester: pytest.P
         @pytest.mark.expires(0.5)
         def test_debugged():
             SomeoneReading().set_trace()
-            assert True
+            open({str(ended)!r}, "w").close()
 
         @pytest.mark.expires(0.5)
         def test_not_debugged_still_expires():
@@ -57,5 +62,12 @@ def test_a_test_under_an_attached_debugger_loses_its_deadline(pytester: pytest.P
         """
     )
     result = pytester.runpytest_subprocess("--expire-grace=0.5", "-p", "no:randomly", timeout=60)
-    result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*test_not_debugged_still_expires expired after 0.5 s*"])
+    result.assert_outcomes(failed=2)
+    assert ended.exists()
+    result.stdout.fnmatch_lines(
+        [
+            "*test_debugged expired after 0.5 s (in call)*",
+            "*test_not_debugged_still_expires expired after 0.5 s*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*did not stop when interrupted*")

@@ -382,3 +382,100 @@ def test_a_session_killed_from_outside_leaves_no_watchdog_behind(
         if session.poll() is None:
             session.kill()
             session.wait()
+
+
+def test_the_delay_between_two_attempts_is_charged_to_neither(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("pytest_rerunfailures")
+    pytester.makepyfile(
+        test_suite="""
+        attempts = []
+
+        def test_flaky():
+            attempts.append(1)
+            assert len(attempts) > 1
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        *ARGS, "--reruns", "1", "--reruns-delay", "2.5", "--junitxml=report.xml", timeout=60
+    )
+    assert result.parseoutcomes() == {"passed": 1, "rerun": 1}
+    result.stdout.no_fnmatch_line("*expired*")
+
+
+def test_ids_that_change_between_collections_end_the_session_after_a_kill(
+    pytester: pytest.Pytester,
+) -> None:
+    # Each new worker collects again, and this test's id is new each time:
+    # the session must not run it again and again, killing it each time.
+    pytester.makepyfile(
+        test_suite="""
+        import random, time
+        import pytest
+
+        @pytest.mark.parametrize("seed", [random.random()])
+        def test_swallows(seed):
+            while True:
+                try:
+                    time.sleep(30)
+                except BaseException:
+                    pass
+        """
+    )
+    result = pytester.runpytest_subprocess(*ARGS, "--junitxml=report.xml", timeout=60)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(
+        ["*the tests collected again after a worker died differ from those it ran*"]
+    )
+    assert result.stdout.str().count("did not stop when interrupted") == 1
+    assert (pytester.path / "report.xml").exists()
+
+
+def test_a_watchdog_killed_again_as_it_starts_is_started_again(pytester: pytest.Pytester) -> None:
+    result = run(
+        pytester,
+        """
+        import os, signal, time
+        from pathlib import Path
+
+        def watchdog_pid():
+            directory = Path(os.environ["PYTEST_EXPIRE_DIRECTORY"])
+            return int((directory / "helpers.pids").read_text())
+
+        def test_kills_the_watchdog_twice():
+            first = watchdog_pid()
+            os.kill(first, signal.SIGKILL)
+            while watchdog_pid() == first:
+                time.sleep(0.001)
+            os.kill(watchdog_pid(), signal.SIGKILL)
+
+        def test_quick():
+            pass
+
+        def test_hangs():
+            time.sleep(30)
+        """,
+    )
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["*test_hangs expired after 0.5 s (in call)*"])
+    assert result.duration < 20
+
+
+def test_a_fake_clock_that_raises_does_not_break_the_session(pytester: pytest.Pytester) -> None:
+    result = run(
+        pytester,
+        """
+        import time
+
+        def test_hangs(monkeypatch):
+            def exhausted():
+                raise RuntimeError("fake clock exhausted")
+
+            real_sleep = time.sleep
+            monkeypatch.setattr(time, "monotonic", exhausted)
+            monkeypatch.setattr(time, "sleep", lambda seconds: None)
+            real_sleep(30)
+        """,
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_hangs expired after 0.5 s (in call)*"])
+    result.stdout.no_fnmatch_line("*INTERNALERROR*")
