@@ -70,6 +70,8 @@ _NOT_RUNNING = (
 # process group) is being handled there by then, even on a loaded machine;
 # one sent to this process alone is passed on.
 _INTERRUPT_DELAY = 1.0
+# How often the supervisor looks whether the watchdog was stopped.
+_WATCHDOG_CHECK = 1.0
 _WAITED_FOR = frozenset({signal.SIGINT, signal.SIGCHLD})
 
 # Whether a session of ours runs in this process: a session that a test runs
@@ -249,19 +251,21 @@ class Supervisor:
                     offer = None
                 elif self.watchdog is not None:
                     self.watchdog.revive()
-                received: signal.struct_siginfo | None
-                if forward_at is None:
-                    received = signal.sigwaitinfo(_WAITED_FOR)
-                else:
-                    timeout = max(0.0, forward_at - time.monotonic())
-                    received = signal.sigtimedwait(_WAITED_FOR, timeout)
-                if received is None:
+                    self.watchdog.resume()
+                # Awake now and then, to find a watchdog stopped (SIGSTOP), which
+                # says nothing; and when a SIGINT is due to be passed on.
+                timeout = _WATCHDOG_CHECK
+                if forward_at is not None:
+                    timeout = min(timeout, max(0.0, forward_at - time.monotonic()))
+                received = signal.sigtimedwait(_WAITED_FOR, timeout)
+                if received is not None:
+                    if received.si_signo == signal.SIGINT and forward_at is None:
+                        forward_at = time.monotonic() + _INTERRUPT_DELAY
+                elif forward_at is not None and time.monotonic() >= forward_at:
                     forward_at = None
                     flags = read_flags(records)
                     if not (flags.interrupted or flags.debugging):
                         os.kill(pid, signal.SIGINT)
-                elif received.si_signo == signal.SIGINT and forward_at is None:
-                    forward_at = time.monotonic() + _INTERRUPT_DELAY
         finally:
             if offer is not None:
                 os.close(offer)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,8 @@ _READY_TIMEOUT = 30.0
 _STOP_TIMEOUT = 2.0
 # How many times revive() starts a new watchdog that dies as it starts.
 _REVIVALS = 3
+# How often a keeper thread looks whether the watchdog was stopped.
+_WATCHDOG_CHECK = 1.0
 
 
 def diagnosis_path(directory: Path, pid: int, killed: bool = False) -> Path:
@@ -213,6 +216,21 @@ class SessionWatchdog:
         self._stopped = True
         return True
 
+    def resume(self) -> None:
+        """Let a stopped watchdog go on (something sent it SIGSTOP): a stopped
+        watchdog looks alive, and enforces nothing."""
+        if self._stopped or os.getpid() != self._owner or self._process.poll() is not None:
+            return
+        try:
+            with open(f"/proc/{self._process.pid}/stat", "rb") as stat:
+                state = stat.read().rpartition(b")")[2].split()[0]
+        except (OSError, IndexError):
+            return
+        if state in (b"T", b"t"):
+            # Our child, not reaped: its PID cannot have been reused.
+            os.kill(self._process.pid, signal.SIGCONT)
+            _say(f"the session's watchdog (process {self._process.pid}) was stopped; resumed it")
+
     def keep_alive(self) -> None:
         """Revive the watchdog whenever it dies, from a thread of this process.
 
@@ -223,7 +241,11 @@ class SessionWatchdog:
         def watch() -> None:
             while not self._stopped:
                 process = self._process
-                process.wait()
+                try:
+                    process.wait(_WATCHDOG_CHECK)
+                except subprocess.TimeoutExpired:
+                    self.resume()
+                    continue
                 if not self.revive() and process is self._process:
                     return
 

@@ -479,3 +479,26 @@ def test_a_fake_clock_that_raises_does_not_break_the_session(pytester: pytest.Py
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*test_hangs expired after 0.5 s (in call)*"])
     result.stdout.no_fnmatch_line("*INTERNALERROR*")
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_a_stopped_watchdog_is_resumed(pytester: pytest.Pytester, workers: list[str]) -> None:
+    if workers:
+        pytest.importorskip("xdist")
+    result = run(
+        pytester,
+        """
+        import os, signal, time
+        from pathlib import Path
+
+        def test_stops_the_watchdog_then_hangs():
+            directory = Path(os.environ["PYTEST_EXPIRE_DIRECTORY"])
+            os.kill(int((directory / "helpers.pids").read_text()), signal.SIGSTOP)
+            time.sleep(30)
+        """,
+        *workers,
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_stops_the_watchdog_then_hangs expired after 0.5 s*"])
+    assert "was stopped; resumed it" in result.stderr.str()
+    assert result.duration < 20
