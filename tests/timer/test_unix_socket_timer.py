@@ -917,3 +917,45 @@ def test_the_server_survives_a_flood_of_wake_ups(thread_server: UnixSocketTimerS
         assert result.returncode == -signal.SIGKILL, result.stderr
     finally:
         sock.close()
+
+
+ARMS_AND_WAITS = """
+import sys, time
+from pytest_expire.timer.unix_socket_timer import UnixSocketTimerClient
+
+client = UnixSocketTimerClient(sys.argv[1], signal=0)
+client.acquire("late", time.time() + 0.1)
+time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize("descends", [True, False], ids=["descendant", "stranger"])
+def test_worker_pidfd_names_the_process_that_armed_the_timer(descends: bool) -> None:
+    # An on_expired that acts later signals through the pidfd it takes in
+    # the server's thread; a process that does not descend from the host
+    # gets none.
+    stranger_host = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    taken: list[int | None] = []
+    server = UnixSocketTimerServer(
+        on_expired=lambda pid, timers: taken.append(server.worker_pidfd(pid)),
+        host_pid=None if descends else stranger_host.pid,
+    )
+    server.start()
+    worker = subprocess.Popen([sys.executable, "-c", ARMS_AND_WAITS, server.address])
+    try:
+        wait_until(lambda: taken, timeout=10)
+        (pidfd,) = taken
+        if not descends:
+            assert pidfd is None
+            return
+        assert pidfd is not None
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+            assert worker.wait(timeout=10) == -signal.SIGTERM
+        finally:
+            os.close(pidfd)
+    finally:
+        server.stop()
+        for process in (worker, stranger_host):
+            process.kill()
+            process.wait()
