@@ -29,10 +29,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -167,9 +165,8 @@ class Supervisor:
         # Taken by sigwaitinfo: the worker's end, its call for a watchdog, and
         # Ctrl-C (see _wait).
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED_FOR)
-        directory = Path(tempfile.mkdtemp(prefix="pytest-expire-records-"))
         try:
-            return self._supervise(directory, mask)
+            return self._supervise(mask)
         except RuntimeError as error:  # the watchdog did not start
             _note(str(error))
             return pytest.ExitCode.INTERNAL_ERROR
@@ -180,18 +177,24 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             if self.watchdog is not None:
                 self.watchdog.stop()
-            shutil.rmtree(directory, ignore_errors=True)
 
-    def _supervise(self, directory: Path, mask: set[int | signal.Signals]) -> int:
+    def _supervise(self, mask: set[int | signal.Signals]) -> int:
         """Fork workers until one ends the session; its exit status."""
         history: list[TestRecord] = []
         start: tuple[float, float] | None = None
         attempt = 0
         while True:
-            records = directory / f"records-{attempt}.bin"
-            spec = worker.Worker(records, history, start, self.grace, -1, os.getpid(), mask)
-            pid, status = self._run_worker(spec)
-            recorded = read_records(records)
+            # Records in memory that this process and its worker share (the
+            # worker opens it by the same path): nothing is left on disk, even
+            # when this process is killed.
+            memory = os.memfd_create(f"pytest-expire-records-{attempt}", os.MFD_CLOEXEC)
+            try:
+                records = Path(f"/proc/self/fd/{memory}")
+                spec = worker.Worker(records, history, start, self.grace, -1, os.getpid(), mask)
+                pid, status = self._run_worker(spec)
+                recorded = read_records(records)
+            finally:
+                os.close(memory)
             if recorded.exitstatus is not None:
                 if os.waitstatus_to_exitcode(status) != recorded.exitstatus % 256:
                     _note(f"the process that ran the session {how_it_ended(status, 'after it')}")
