@@ -31,8 +31,11 @@ from pytest_expire.watchdog import READY, socket_path
 
 def main(argv: list[str]) -> None:
     directory, host_pid, grace = Path(argv[0]), int(argv[1]), float(argv[2])
-    # Ctrl-C is for pytest, which still needs its watchdog while it tears down.
+    # Ctrl-C is for pytest, which still needs its watchdog while it tears down;
+    # so is a terminal's hangup: if it ends pytest, the SIGTERM that follows
+    # (see die_with_parent) ends this process with its cleanup.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # SIGTERM (from stop(), or from the kernel when the host dies) is waited
     # for below; blocked before the server's thread starts, so that thread
     # never takes it.

@@ -9,6 +9,8 @@ dump.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -343,8 +345,9 @@ def test_each_rerun_runs_under_a_deadline_of_its_own(pytester: pytest.Pytester) 
     result.stdout.fnmatch_lines(["test_suite.py R. *"])
 
 
+@pytest.mark.parametrize("hangup", [False, True], ids=["SIGKILL to pytest", "terminal hangup"])
 def test_a_session_killed_from_outside_leaves_no_watchdog_behind(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, hangup: bool
 ) -> None:
     started = pytester.path / "directory"
     pytester.makepyfile(
@@ -362,6 +365,7 @@ def test_a_session_killed_from_outside_leaves_no_watchdog_behind(
         cwd=pytester.path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a process group of its own, as a terminal's job
     )
     try:
         wait_until_exists(started, 60)
@@ -369,7 +373,10 @@ def test_a_session_killed_from_outside_leaves_no_watchdog_behind(
             time.sleep(0.05)
         directory = Path(started.read_text())
         watchdog = psutil.Process(int((directory / "helpers.pids").read_text()))
-        session.kill()  # the process the user started, with SIGKILL: nothing of it cleans up
+        if hangup:  # the terminal closes: SIGHUP to the whole job
+            os.killpg(session.pid, signal.SIGHUP)
+        else:  # the process the user started, with SIGKILL: nothing of it cleans up
+            session.kill()
         session.wait()
         # The worker dies with it, and the watchdog too, which takes the
         # session's directory with it.
