@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -62,6 +66,29 @@ def test_hangs():
 )
 
 ARGS = ("--expire-default=0.5", "--expire-grace=0.5")
+
+
+@contextmanager
+def pytest_job(
+    directory: Path, *args: str, output: bool = False
+) -> Iterator[subprocess.Popen[str]]:
+    """``python -m pytest`` in ``directory``, in a process group of its own (as a terminal's
+    job), with its output in a pipe or discarded; its whole group is killed if still there."""
+    stream = subprocess.PIPE if output else subprocess.DEVNULL
+    session = subprocess.Popen(
+        [sys.executable, "-m", "pytest", *args],
+        cwd=directory,
+        stdout=stream,
+        stderr=subprocess.STDOUT if output else subprocess.DEVNULL,
+        start_new_session=True,
+        text=True,
+    )
+    try:
+        yield session
+    finally:
+        if session.poll() is None:
+            os.killpg(session.pid, signal.SIGKILL)
+            session.communicate()
 
 
 def skip_unless_py_spy_reads_processes() -> None:

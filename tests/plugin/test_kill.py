@@ -7,11 +7,9 @@ JUnit XML and one exit code.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 import xml.etree.ElementTree as ET
@@ -24,6 +22,7 @@ from snippets import (
     GIL_HANG_SUITE,
     HOLD_THE_GIL_FOREVER,
     SWALLOWS_EVERY_INTERRUPT,
+    pytest_job,
     wait_until_exists,
 )
 
@@ -140,13 +139,7 @@ def test_nothing_outlives_a_session_killed_with_sigkill(pytester: pytest.Pyteste
             """
         )
     )
-    session = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "--expire-default=600", "-p", "no:cacheprovider"],
-        cwd=pytester.path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with pytest_job(pytester.path, "--expire-default=600", "-p", "no:cacheprovider") as session:
         wait_until_exists(started, 30)
         descendants = psutil.Process(session.pid).children(recursive=True)
         assert len(descendants) >= 2  # the watchdog and the worker at least
@@ -154,10 +147,6 @@ def test_nothing_outlives_a_session_killed_with_sigkill(pytester: pytest.Pyteste
         session.wait()
         _, alive = psutil.wait_procs(descendants, timeout=10)
         assert not alive, [process.cmdline() for process in alive]
-    finally:
-        if session.poll() is None:
-            os.kill(session.pid, signal.SIGKILL)
-            session.wait()
 
 
 def test_an_endless_loop_in_c_holding_the_gil_is_killed(pytester: pytest.Pytester) -> None:

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 
 import psutil
 import pytest
-from snippets import wait_until_exists
+from snippets import pytest_job, wait_until_exists
 
 
 @pytest.mark.parametrize("to_the_group", [True, False], ids=["process group", "pytest alone"])
@@ -36,28 +34,16 @@ def test_sigint_ends_the_session_as_interrupted(
             time.sleep(3600)
         """
     )
-    session = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "--expire-default=600",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "no:randomly",
-            "--junitxml=report.xml",
-            # Its thread (with pytest-xdist installed) kept sessions unsupervised before.
-            "-p",
-            "no:rerunfailures",
-        ],
-        cwd=pytester.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # a process group of its own, as a terminal's job
-        text=True,
-    )
-    try:
+    with pytest_job(
+        pytester.path,
+        "--expire-default=600",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+        "--junitxml=report.xml",
+        output=True,
+    ) as session:
         wait_until_exists(started, 60)
         descendants = psutil.Process(session.pid).children(recursive=True)
         if to_the_group:
@@ -65,10 +51,6 @@ def test_sigint_ends_the_session_as_interrupted(
         else:
             os.kill(session.pid, signal.SIGINT)
         output, _ = session.communicate(timeout=60)
-    finally:
-        if session.poll() is None:
-            os.killpg(session.pid, signal.SIGKILL)
-            session.wait()
     assert session.returncode == pytest.ExitCode.INTERRUPTED, output
     assert output.count("!!! KeyboardInterrupt !!!") == 1, output  # interrupted once
     assert "1 passed" in output

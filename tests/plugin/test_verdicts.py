@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from snippets import FOLLOWER, wait_until_exists
+from snippets import FOLLOWER, pytest_job, wait_until_exists
 
 ARGS = ("--expire-default=0.5", "--expire-grace=1", "-rA", "-p", "no:randomly")
 
@@ -360,14 +359,7 @@ def test_a_session_killed_from_outside_leaves_no_watchdog_behind(
             time.sleep(60)
         """
     )
-    session = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "--expire-default=60", "-p", "no:cacheprovider"],
-        cwd=pytester.path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # a process group of its own, as a terminal's job
-    )
-    try:
+    with pytest_job(pytester.path, "--expire-default=60", "-p", "no:cacheprovider") as session:
         wait_until_exists(started, 60)
         while not started.read_text():
             time.sleep(0.05)
@@ -385,10 +377,6 @@ def test_a_session_killed_from_outside_leaves_no_watchdog_behind(
         while directory.exists():
             assert time.monotonic() < deadline, f"{directory} outlived its session"
             time.sleep(0.05)
-    finally:
-        if session.poll() is None:
-            session.kill()
-            session.wait()
 
 
 def test_the_delay_between_two_attempts_is_charged_to_neither(pytester: pytest.Pytester) -> None:
