@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from pytest_expire.verdict import (
     sleep,
     wall_clock,
 )
-from pytest_expire.watchdog import TEST_SCOPE
+from pytest_expire.watchdog import TEST_SCOPE, notice
 
 # How long a process waits for a new watchdog once it found its own gone
 # (one watchdog start: an interpreter and a few imports), and how often it tries.
@@ -156,10 +155,10 @@ class Link:
                     break
                 sleep(_RECONNECT_POLL)
             self._lost = str(exc)
-            sys.stderr.write(
-                f"pytest-expire: {exc}; the tests of process {os.getpid()} go on without "
-                "their watchdog (no stacks, no interrupt, no kill; a test that ends after "
-                "its deadline still fails)\n"
+            notice(
+                f"{exc}; the tests of process {os.getpid()} go on without their watchdog "
+                "(no stacks, no interrupt, no kill; a test that ends after its deadline "
+                "still fails)"
             )
             return True
         with contextlib.suppress(TimerServerError):

@@ -30,7 +30,6 @@ import logging
 import os
 import select
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ from pytest_expire.timer import debug_info_logging
 from pytest_expire.timer.file_based_local_timer import FileTimerRequest
 from pytest_expire.timer.unix_socket_timer import UnixSocketTimerServer
 from pytest_expire.verdict import VerdictPage, wall_clock
-from pytest_expire.watchdog import TEST_SCOPE, is_supervised, write_diagnosis
+from pytest_expire.watchdog import TEST_SCOPE, is_supervised, notice, write_diagnosis
 
 logger = logging.getLogger(__name__)
 
@@ -156,17 +155,13 @@ class Escalation:
             _send(pidfd, signal.SIGCONT)  # it ended the test while its stacks were read
             return
         write_diagnosis(self.directory, pid, token, text, killed=True)
-        notice = (
-            f"pytest-expire: the test running in process {pid} did not end "
-            f"{self.grace:g} s after its interrupt; killing it"
+        killing = (
+            f"the test running in process {pid} did not end {self.grace:g} s after its "
+            "interrupt; killing it"
         )
         # Supervised, the stacks go into the test's report; otherwise this
         # is the last the user hears of the session.
-        print(
-            notice if is_supervised(self.directory) else f"{notice}. Its stacks:\n{text}",
-            file=sys.stderr,
-            flush=True,
-        )
+        notice(killing if is_supervised(self.directory) else f"{killing}. Its stacks:\n{text}")
         diagnose.kill_descendants(self.directory, pid)
         _send(pidfd, signal.SIGKILL)
 

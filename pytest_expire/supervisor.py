@@ -30,7 +30,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -48,6 +47,7 @@ from pytest_expire.watchdog import (
     OWNER_ENV,
     SessionWatchdog,
     mark_supervised,
+    notice,
     read_diagnosis,
 )
 
@@ -168,7 +168,7 @@ class Supervisor:
         try:
             return self._supervise(mask)
         except RuntimeError as error:  # the watchdog did not start
-            _note(str(error))
+            notice(str(error))
             return pytest.ExitCode.INTERNAL_ERROR
         finally:
             # Ctrl-Cs taken care of already must not raise once unblocked.
@@ -197,10 +197,10 @@ class Supervisor:
                 os.close(memory)
             if recorded.exitstatus is not None:
                 if os.waitstatus_to_exitcode(status) != recorded.exitstatus % 256:
-                    _note(f"the process that ran the session {how_it_ended(status, 'after it')}")
+                    notice(f"the process that ran the session {how_it_ended(status, 'after it')}")
                 return recorded.exitstatus
             if not recorded.tests:
-                _note(
+                notice(
                     f"the process running the session {how_it_ended(status, 'early')}: "
                     "before any test with a deadline began; the session ends here"
                 )
@@ -299,8 +299,3 @@ def _captured(config: pytest.Config) -> tuple[str, str]:
         return "", ""
     captured = capture.read_global_capture()
     return captured.out, captured.err
-
-
-def _note(text: str) -> None:
-    sys.stderr.write(f"pytest-expire: {text}\n")
-    sys.stderr.flush()

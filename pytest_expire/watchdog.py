@@ -165,7 +165,7 @@ class SessionWatchdog:
         if answer != READY:
             self.stop()
             raise RuntimeError(
-                "pytest-expire: the watchdog process did not start "
+                "the session's watchdog process did not start "
                 f"(it said {answer!r}; its errors, if any, are above)"
             )
 
@@ -198,17 +198,17 @@ class SessionWatchdog:
             try:
                 self._process = self._launch()
             except OSError as error:
-                _say(f"the session's watchdog process ended ({how}); starting another: {error}")
+                notice(f"the session's watchdog process ended ({how}); starting another: {error}")
                 break
             if self._await_ready() == READY:
-                _say(
+                notice(
                     f"the session's watchdog process ended ({how}); "
                     f"a new one (process {self._process.pid}) took over"
                 )
                 return True
             self._process.kill()
             self._process.wait()
-        _say(
+        notice(
             f"the session's watchdog process ended ({how}) and no new one would start: "
             "the tests go on without one (no stacks, no interrupt, no kill; a test that "
             "ends after its deadline still fails)"
@@ -229,7 +229,7 @@ class SessionWatchdog:
         if state in (b"T", b"t"):
             # Our child, not reaped: its PID cannot have been reused.
             os.kill(self._process.pid, signal.SIGCONT)
-            _say(f"the session's watchdog (process {self._process.pid}) was stopped; resumed it")
+            notice(f"the session's watchdog (process {self._process.pid}) was stopped; resumed it")
 
     def keep_alive(self) -> None:
         """Revive the watchdog whenever it dies, from a thread of this process.
@@ -271,7 +271,8 @@ class SessionWatchdog:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _say(text: str) -> None:
+def notice(text: str) -> None:
+    """Tell the user something on stderr, at once, in one line that names the plugin."""
     sys.stderr.write(f"pytest-expire: {text}\n")
     sys.stderr.flush()
 
