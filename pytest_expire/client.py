@@ -26,6 +26,7 @@ from pathlib import Path
 
 from pytest_expire import interrupt, stacks
 from pytest_expire.interrupt import Deadline
+from pytest_expire.registry import TEST_PROCESS_ENV, TestStarts
 from pytest_expire.timer.unix_socket_timer import TimerServerError, UnixSocketTimerClient
 from pytest_expire.verdict import (
     Tokens,
@@ -49,20 +50,44 @@ class Link:
     def __init__(self, address: str, directory: Path, revive: Callable[[], object]) -> None:
         self.directory = directory
         self._revive = revive
-        # Signal 0: the server itself signals nobody; the watchdog's escalation does.
-        self._client = UnixSocketTimerClient(address, signal=0)
+        self._client = self._new_client(address)
         self._timer = self._client.prepare([(TEST_SCOPE, 0)])
         self.page = VerdictPage.create(directory)
         self._tokens = Tokens(self.page)
         self._sessions = 0
         self._lost: str | None = None
+        #: When each test started: who started a process that did not join the session.
+        self.test_starts = TestStarts()
         stacks.register(directory)
+        # The processes the tests start join the session on this one's behalf.
+        os.environ[TEST_PROCESS_ENV] = str(os.getpid())
         interrupt.on_debugger = self.pause
         interrupt.install(self.page)
+
+    def _new_client(self, address: str) -> UnixSocketTimerClient:
+        """A client of the watchdog at ``address``; if that is gone, of the new one its
+        owner starts (see :meth:`_reconnect`), waited for a while."""
+        waited_until = monotonic_clock() + _RECONNECT_TIMEOUT
+        revived = False
+        while True:
+            try:
+                # Signal 0: the server itself signals nobody; the escalation does.
+                return UnixSocketTimerClient(address, signal=0)
+            except TimerServerError:
+                if monotonic_clock() >= waited_until:
+                    raise
+                if not revived:
+                    self._revive()
+                    revived = True
+                sleep(_RECONNECT_POLL)
 
     def arm(self, nodeid: str, seconds: float) -> Deadline:
         """Arm a deadline of ``seconds`` from now for test ``nodeid``."""
         deadline = Deadline(nodeid, seconds, self._tokens.new(seconds))
+        if not interrupt.armed:
+            # The processes started from now on are this test's (a nested
+            # session's tests run inside it).
+            self.test_starts.add(self.page.begin_test(), nodeid)
         interrupt.armed.append(deadline)
         if self._publish():
             # The wait for a new watchdog was the plugin's, not the test's.
@@ -72,6 +97,9 @@ class Link:
 
     def renew(self, deadline: Deadline) -> None:
         """Give ``deadline`` its whole time again, from now (a rerun, or back from a debugger)."""
+        if deadline.spent and len(interrupt.armed) == 1:
+            # A new attempt at the test.
+            self.test_starts.add(self.page.begin_test(), deadline.nodeid)
         deadline.token = self._tokens.new(deadline.seconds)
         deadline.paused = False
         deadline.expired_in = None
@@ -171,6 +199,11 @@ class Link:
         self._sessions += 1
         return self
 
+    @property
+    def nested(self) -> bool:
+        """Whether more than one session uses the link (the others run inside a test)."""
+        return self._sessions > 1
+
     def leave(self) -> None:
         """A session is done with the link; the last one closes it."""
         global _link
@@ -185,6 +218,8 @@ class Link:
         interrupt.uninstall()
         interrupt.on_debugger = None
         stacks.unregister()
+        if os.environ.get(TEST_PROCESS_ENV) == str(os.getpid()):
+            del os.environ[TEST_PROCESS_ENV]
         with contextlib.suppress(TimerServerError):
             self._timer.release()
         self._client.close()

@@ -1,4 +1,4 @@
-"""What the watchdog reads and ends of a test's process tree: stacks, and the kill.
+"""What the watchdog reads and ends of a test's processes: stacks, and the kill.
 
 Runs in the watchdog process only (``watchdog_process``), called by the
 escalation of an expired test (``escalation``).
@@ -6,14 +6,11 @@ escalation of an expired test (``escalation``).
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import psutil
 
-from pytest_expire import native_stacks, stacks
-from pytest_expire.watchdog import helpers_path
+from pytest_expire import native_stacks, offspring, stacks
 
 _UNREGISTERED = (
     "(no stacks: this process did not register for dumps; "
@@ -21,18 +18,34 @@ _UNREGISTERED = (
 )
 
 
-def stacks_of_tree(directory: Path, pid: int, native: bool = False) -> str:
-    """The stacks of ``pid`` and of every process it started, as one text.
+def stacks_of_test(directory: Path, pid: int, since: int, native: bool = False) -> str:
+    """The stacks of process ``pid`` and of every process its test started (``since``,
+    ``offspring``), as one text.
 
     With ``native``, the native frames of ``pid`` too: py-spy pauses it to
     read them, which only a process about to be killed can afford.
     """
-    processes = tree(directory, pid)
-    if not processes:
+    try:
+        processes = [psutil.Process(pid)]
+    except psutil.Error:
         return f"process {pid} is gone\n"
+    processes += [child.process for child in offspring.of_test(directory, pid, since)]
+    return _stacks(directory, processes, native=[pid] if native else [])
+
+
+def stacks_of(directory: Path, pid: int) -> str:
+    """The stacks of process ``pid`` alone."""
+    try:
+        return _stacks(directory, [psutil.Process(pid)], native=[])
+    except psutil.Error:
+        return f"process {pid} is gone\n"
+
+
+def _stacks(directory: Path, processes: list[psutil.Process], native: list[int]) -> str:
+    """The stacks of ``processes`` (native frames too for those in ``native``), one text."""
     pids = [process.pid for process in processes]
     dumps = stacks.collect(directory, pids)
-    spied = native_stacks.dump([p for p in pids if p not in dumps], native=[pid] if native else [])
+    spied = native_stacks.dump([p for p in pids if p not in dumps], native=native)
     # A process's own dump first, then what py-spy read of it.
     texts = {p: dumps.get(p, "") + spied.get(p, "") for p in dumps.keys() | spied.keys()}
     return "\n".join(
@@ -42,28 +55,27 @@ def stacks_of_tree(directory: Path, pid: int, native: bool = False) -> str:
     )
 
 
-def tree(directory: Path, pid: int) -> list[psutil.Process]:
-    """``pid`` and its descendants, less the session's own helper processes."""
+def kill_tree(directory: Path, pid: int, since: int) -> None:
+    """SIGKILL every process ``pid`` started and every process its test started
+    (``since``) wherever it went, the youngest first; none by a reused PID.
+
+    All of ``pid``'s descendants, however old: once it is killed, a replacement
+    runs its tests, and what its fixtures started is started again.
+    """
+    offspring.kill(
+        [
+            child
+            for child in offspring.of_session(directory, pid)
+            if child.started >= since or _descends_from(child.process, pid)
+        ]
+    )
+
+
+def _descends_from(process: psutil.Process, pid: int) -> bool:
     try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
+        return any(parent.pid == pid for parent in process.parents())
     except psutil.Error:
-        return []
-    helpers = {os.getpid(), *_read_pids(helpers_path(directory))}
-    return [process for process in processes if process.pid not in helpers]
-
-
-def kill_descendants(directory: Path, pid: int) -> None:
-    """SIGKILL every process ``pid`` started, the deepest first, none by a reused PID."""
-    for process in reversed(tree(directory, pid)[1:]):
-        _kill(process)
-
-
-def _read_pids(path: Path) -> list[int]:
-    try:
-        return [int(word) for word in path.read_text().split()]
-    except (FileNotFoundError, ValueError):
-        return []
+        return False
 
 
 def _command_line(process: psutil.Process) -> str:
@@ -71,20 +83,3 @@ def _command_line(process: psutil.Process) -> str:
         return " ".join(process.cmdline()) or process.name()
     except psutil.Error:
         return "?"
-
-
-def _kill(process: psutil.Process) -> None:
-    """SIGKILL ``process`` through a pidfd, so a reused PID is never hit."""
-    try:
-        pidfd = os.pidfd_open(process.pid)
-    except OSError:
-        return
-    try:
-        # The pidfd is of the process psutil listed only if that still runs
-        # with the same start time.
-        if process.is_running():
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-    except OSError:
-        pass
-    finally:
-        os.close(pidfd)

@@ -35,13 +35,19 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from pytest_expire import diagnose
+from pytest_expire import diagnose, offspring
 from pytest_expire.signals import INTERRUPT_SIGNAL, handles
 from pytest_expire.timer import debug_info_logging
 from pytest_expire.timer.file_based_local_timer import FileTimerRequest
 from pytest_expire.timer.unix_socket_timer import UnixSocketTimerServer
 from pytest_expire.verdict import VerdictPage, wall_clock
-from pytest_expire.watchdog import TEST_SCOPE, is_supervised, notice, write_diagnosis
+from pytest_expire.watchdog import (
+    TEST_SCOPE,
+    child_expiries_path,
+    is_supervised,
+    notice,
+    write_diagnosis,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,19 +67,48 @@ class Escalation:
         # Set once the server exists (it takes this object as its on_expired).
         self.server: UnixSocketTimerServer | None = None
 
-    def __call__(self, pid: int, timers: list[FileTimerRequest]) -> None:
+    def __call__(self, pid: int, timers: list[FileTimerRequest]) -> str | None:
         token = next((t.expiration_time for t in timers if t.scope_id == TEST_SCOPE), None)
-        if token is None or self.server is None:
-            return
+        if token is None:
+            return self._child_expired(pid, timers)
+        if self.server is None:
+            return None
         page = VerdictPage.of(self.directory, pid)
         if page is None:
             logger.warning("process %d armed a test's timer but has no verdict page", pid)
-            return
+            return None
         pidfd = self.server.worker_pidfd(pid)
         if pidfd is None:
             page.close()
-            return
+            return None
         self._start(_Expiry(pid, pidfd, page, token, [timer.to_json() for timer in timers]))
+        return None
+
+    def _child_expired(self, pid: int, timers: list[FileTimerRequest]) -> str:
+        """A process's own timers expired (the library used by a process a test started,
+        through the session's watchdog): its stacks, before the server signals it.
+
+        The server logs them through the debug-info hook; they also go into
+        the report of the test that started the process, and the session is
+        told in one line. Faulthandler's dump only (a second at most): the
+        server's loop waits.
+        """
+        text = diagnose.stacks_of(self.directory, pid)
+        scopes = ", ".join(repr(timer.scope_id) for timer in timers)
+        owner = offspring.owner_of(self.directory, pid)
+        heading = f"--- process {pid}: its timers {scopes} expired ---"
+        where = ""
+        if owner is not None:
+            with open(child_expiries_path(self.directory, owner.owner), "a") as expiries:
+                expiries.write(f"{heading}\n{text}")
+            page = VerdictPage.of(self.directory, owner.owner)
+            if page is not None:
+                page.note_joined()
+                page.close()
+            test = owner.nodeid or f"the test running in process {owner.owner}"
+            where = f", started by {test}: its stacks are in that test's report"
+        notice(f"the timers {scopes} of process {pid} expired{where}")
+        return text
 
     def adopt_armed(self) -> int:
         """Take over the deadlines a watchdog that died left armed; how many there were.
@@ -121,7 +156,7 @@ class Escalation:
         if page.armed() != token:
             return  # the test ended in time
         page.mark_expired(token)
-        text = diagnose.stacks_of_tree(self.directory, pid)
+        text = diagnose.stacks_of_test(self.directory, pid, page.test_started())
         write_diagnosis(self.directory, pid, token, text)
         debug_info_logging.log_debug_info_for_expired_timers(
             self.run_id, {pid: expiry.timers}, stacks={pid: text}
@@ -147,7 +182,8 @@ class Escalation:
 
     def _kill(self, expiry: _Expiry) -> None:
         pid, pidfd, page, token = expiry.pid, expiry.pidfd, expiry.page, expiry.token
-        text = diagnose.stacks_of_tree(self.directory, pid, native=True)
+        since = page.test_started()
+        text = diagnose.stacks_of_test(self.directory, pid, since, native=True)
         # Stopped first: it cannot end the test (and report it passed) while
         # its children die, and the page cannot change any more.
         _send(pidfd, signal.SIGSTOP)
@@ -162,7 +198,7 @@ class Escalation:
         # Supervised, the stacks go into the test's report; otherwise this
         # is the last the user hears of the session.
         notice(killing if is_supervised(self.directory) else f"{killing}. Its stacks:\n{text}")
-        diagnose.kill_descendants(self.directory, pid)
+        diagnose.kill_tree(self.directory, pid, since)
         _send(pidfd, signal.SIGKILL)
 
 

@@ -62,7 +62,16 @@ class Deadline:
     """An armed deadline of a test this process runs (one object per test: no dataclass,
     whose default factories cost every test a little)."""
 
-    __slots__ = ("expired_in", "nodeid", "notes", "paused", "seconds", "spent", "token")
+    __slots__ = (
+        "expired_in",
+        "nodeid",
+        "notes",
+        "paused",
+        "seconds",
+        "setup_ended",
+        "spent",
+        "token",
+    )
 
     def __init__(self, nodeid: str, seconds: float, token: float) -> None:
         self.nodeid = nodeid
@@ -76,6 +85,9 @@ class Deadline:
         self.notes: list[str] = []
         #: Its test's teardown ended: a rerun of the test needs a deadline of its own.
         self.spent = False
+        #: When its test's setup ended (``verdict.boot_ticks``): a process started
+        #: before may belong to a fixture of a wider scope.
+        self.setup_ended = 0
 
     def message(self) -> str:
         return f"{self.nodeid} expired after {self.seconds:g} s (in {self.expired_in})"

@@ -17,6 +17,7 @@ killed is read so.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,8 @@ def dump(pids: list[int], native: Collection[int] = ()) -> dict[int, str]:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            # Its errors in one line, even where CI sets RUST_BACKTRACE.
+            env={**os.environ, "RUST_BACKTRACE": "0"},
         )
         for pid in dict.fromkeys([*pids, *native])
     }
@@ -67,16 +70,17 @@ def dump(pids: list[int], native: Collection[int] = ()) -> dict[int, str]:
             run.kill()
             run.communicate()
             output = f"py-spy did not finish within {_TIMEOUT:g} s\n"
+        # An error is one line, the first (a non-Python process: "Failed to
+        # find python version"), however many py-spy writes.
+        reason = output.strip().partition("\n")[0]
         if pid not in native:
             texts[pid] = (
                 f"(read by py-spy)\n{output}"
                 if run.returncode == 0
-                else (f"(no stacks: py-spy could not read them: {output.strip()})\n")
+                else f"(no stacks: py-spy could not read them: {reason})\n"
             )
         elif run.returncode == 0:
             texts[pid] = f"native frames of process {pid} (py-spy --native):\n{output}"
         else:
-            # py-spy's error is several lines (a backtrace under RUST_BACKTRACE).
-            reason = output.strip().partition("\n")[0]
             texts[pid] = f"(no native frames: py-spy could not read them: {reason})\n"
     return texts

@@ -9,10 +9,13 @@ expired test in its process) and ``stacks`` (dumps taken from outside).
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Generator
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -21,6 +24,7 @@ from pytest_expire.client import Link, current_link, new_link
 from pytest_expire.settings import (
     DEADLINE,
     ENV_DEFAULT,
+    LEFTOVERS,
     MARKER,
     Settings,
     argparse_seconds,
@@ -29,15 +33,18 @@ from pytest_expire.settings import (
     from_config,
 )
 from pytest_expire.timer.unix_socket_timer import ADDRESS_ENV
-from pytest_expire.verdict import monotonic_clock, sleep
+from pytest_expire.verdict import boot_ticks, monotonic_clock, sleep
 from pytest_expire.watchdog import (
     DIRECTORY_ENV,
     OWNER_ENV,
     SessionWatchdog,
     read_diagnosis,
-    xdist_worker_path,
+    take_child_expiries,
 )
-from pytest_expire.xdist_support import CrashReporter, is_controller
+from pytest_expire.xdist_support import CrashReporter, announce_worker, is_controller
+
+if TYPE_CHECKING:
+    from pytest_expire.offspring import Offspring
 
 PLUGIN_NAME = "expire-session"
 # How long a report waits for the stacks the watchdog is taking (it dumps for
@@ -65,8 +72,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="SECONDS",
         help="time between interrupting an expired test and killing its process (default 5).",
     )
+    group.addoption(
+        "--expire-leftovers",
+        choices=LEFTOVERS,
+        default=None,
+        help=(
+            "what becomes of the processes the tests started that still run when the "
+            "session ends: listed and ended (end, the default), or only listed (list)."
+        ),
+    )
     parser.addini(
         "expire_default", "default test deadline in seconds (0 or empty: none)", default=""
+    )
+    parser.addini(
+        "expire_leftovers",
+        "end (the default) or list: the processes the tests started left running at the "
+        "end of the session",
+        default="end",
     )
     parser.addini(
         "expire_grace", "seconds between interrupting an expired test and killing it", default=""
@@ -103,11 +125,13 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = from_config(config)
     plugin = ExpirePlugin(config, settings)
     config.pluginmanager.register(plugin, PLUGIN_NAME)
-    if is_controller(config) and settings.default is not None:
-        # Started here, so that every worker inherits its address.
+    if is_controller(config):
+        # Started here, so that every worker inherits its address; whatever the
+        # default, as only the workers collect the markers (see xdist_support).
         plugin.watchdog = SessionWatchdog(grace=settings.grace)
         plugin.watchdog.keep_alive()
-        config.pluginmanager.register(CrashReporter(plugin.watchdog), "expire-xdist")
+        reporter = CrashReporter(config, plugin.watchdog, settings.grace)
+        config.pluginmanager.register(reporter, "expire-xdist")
     else:
         # In a supervised worker (see pytest_cmdline_main), its recorder.
         plugin.recorder = worker.attach(config)
@@ -125,6 +149,8 @@ class ExpirePlugin:
         self.link: Link | None = None
         #: In a supervised worker: what records each test for the supervisor.
         self.recorder: worker.WorkerPlugin | None = None
+        #: What became of the processes left running when the session ended.
+        self.leftovers: list[str] = []
         self._per_test = _PerTest(self)
 
     def pytest_report_header(self) -> str:
@@ -140,6 +166,30 @@ class ExpirePlugin:
         # A session in which no test has a deadline pays nothing per test.
         if armed and not self.config.pluginmanager.is_registered(self._per_test):
             self.config.pluginmanager.register(self._per_test, f"{PLUGIN_NAME}-tests")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self) -> None:
+        """After the last teardown (the session's fixtures' too): the processes the
+        tests started that still run are listed, and ended unless told otherwise."""
+        link = self.link
+        if link is None or link.nested:
+            return  # no test had a deadline; or the tests of a session around this one go on
+        offspring = _offspring()
+        leftovers: list[Offspring] = offspring.attribute(
+            offspring.of_session(link.directory, os.getpid()), link.test_starts
+        )
+        if not leftovers:
+            return
+        if self.settings.end_leftovers:
+            self.leftovers = offspring.end(leftovers)
+        else:
+            self.leftovers = [f"{child.describe()}: left running" for child in leftovers]
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.leftovers:
+            terminalreporter.section("processes the tests left running", sep="-", yellow=True)
+            for line in self.leftovers:
+                terminalreporter.line(line)
 
     def pytest_unconfigure(self) -> None:
         if self.link is not None:
@@ -157,12 +207,9 @@ class ExpirePlugin:
             if link is None:
                 address, directory = self._find_watchdog()
                 link = new_link(address, directory, revive=self._revive_watchdog)
-                workerinput = getattr(self.config, "workerinput", None)
-                if workerinput is not None:
+                if hasattr(self.config, "workerinput"):
                     # For the controller, which learns of a kill only as a crash of this worker.
-                    xdist_worker_path(directory, workerinput["workerid"]).write_text(
-                        str(os.getpid())
-                    )
+                    announce_worker(self.config, directory, self.settings.default)
             self.link = link.join()
         return self.link
 
@@ -221,6 +268,43 @@ class ExpirePlugin:
             )
         )
 
+    def mind_children(self, report: pytest.TestReport, deadline: interrupt.Deadline) -> None:
+        """Say which processes the test of ``deadline`` left running; end them if it expired.
+
+        Looked for only if the test expired or a process joined the session on
+        this one's behalf (``registry``): a test that started none pays a load
+        from memory. What its setup started stays if the test expired later
+        (a fixture of a wider scope may own it); the rest is ended. Said in a
+        section of the teardown report, which pytest shows with the failure.
+        """
+        assert self.link is not None
+        if not self.link.page.take_joined() and deadline.expired_in is None:
+            return
+        expiries = take_child_expiries(self.link.directory, os.getpid())
+        if expiries:
+            title = f"expired timers of processes {report.nodeid} started (found at teardown)"
+            report.sections.append((title, expiries))
+        offspring = _offspring()
+        link = self.link
+        children: list[Offspring] = offspring.attribute(
+            offspring.of_test(link.directory, os.getpid(), link.page.test_started()),
+            link.test_starts,
+        )
+        if not children:
+            return
+        title = f"processes {report.nodeid} left running after teardown"
+        if deadline.expired_in is None:
+            lines = [child.describe() for child in children]
+        else:
+            kept = [
+                child
+                for child in children
+                if deadline.expired_in != "setup" and child.started < deadline.setup_ended
+            ]
+            lines = offspring.end([child for child in children if child not in kept])
+            lines += [f"{child.describe()}: started by its setup, left running" for child in kept]
+        report.sections.append((title, "".join(f"{line}\n" for line in lines)))
+
     def diagnosis(self, deadline: interrupt.Deadline) -> str:
         """The stacks the watchdog took at ``deadline``, waiting for them if it is taking them."""
         assert self.link is not None
@@ -237,6 +321,16 @@ class ExpirePlugin:
             text = "(no stacks: the test ended past its deadline before the watchdog took them)\n"
         parts = [text, *(f"asyncio tasks:\n{note}" for note in deadline.notes)]
         return "\n".join(part for part in parts if part)
+
+
+def _offspring() -> ModuleType:
+    """The ``offspring`` module, imported once a test started processes.
+
+    It reads ``/proc`` with psutil, which a session whose tests start none
+    never loads. Looked up in ``sys.modules`` each time: pytester's in-process
+    runs unload the modules imported while they ran.
+    """
+    return importlib.import_module("pytest_expire.offspring")
 
 
 def _fail_as_expired(report: pytest.TestReport, message: str) -> None:
@@ -301,8 +395,11 @@ class _PerTest:
         deadline = self.deadline
         if deadline is not None and deadline.nodeid == report.nodeid:
             self.plugin.judge(report, deadline)
-            if report.when == "teardown" and self.plugin.link is not None:
+            if report.when == "setup":
+                deadline.setup_ended = boot_ticks()
+            elif report.when == "teardown" and self.plugin.link is not None:
                 self.plugin.link.suspend(deadline)
+                self.plugin.mind_children(report, deadline)
         if self.plugin.recorder is not None:
             self.plugin.recorder.phase_ended(report)
         return report

@@ -23,9 +23,8 @@ from _pytest._io import TerminalWriter
 from _pytest.junitxml import xml_key
 from _pytest.terminal import TerminalReporter
 
-from pytest_expire.exits import how_it_ended
+from pytest_expire.exits import how_it_ended, killed_at_deadline
 from pytest_expire.records import TestRecord, report_from_record, warning_from_record
-from pytest_expire.settings import format_seconds
 
 
 class QuietTerminal:
@@ -110,12 +109,8 @@ class _Test:
                 ", before its session ended; the session went on in a new one"
             )
         elif test.stacks:
-            seconds = format_seconds(test.seconds) if test.seconds is not None else "its deadline"
-            message = (
-                f"{self.nodeid} expired after {seconds} (in {phase}); it did not stop when "
-                f"interrupted and its process was killed {format_seconds(grace)} later"
-            )
-            sections.append((f"expired: {self.nodeid} after {seconds}", test.stacks))
+            message, title = killed_at_deadline(self.nodeid, test.seconds, phase, grace)
+            sections.append((title, test.stacks))
         else:
             message = (
                 f"{self.nodeid}: its process {how_it_ended(test.status, f'in {phase}')}; "

@@ -24,6 +24,9 @@ DEFAULT_GRACE = 5.0
 #: arithmetic (``time.time() + 1e308`` is inf, and thread waits end at
 #: ``threading.TIMEOUT_MAX``, some 292 years).
 MAX_SECONDS = 10 * 365 * 24 * 60 * 60
+#: What becomes of the processes the tests started that run when the session
+#: ends: ended (the default), or only listed (a suite whose daemons must outlive it).
+LEFTOVERS = ("end", "list")
 
 _T = TypeVar("_T")
 
@@ -35,6 +38,8 @@ class Settings:
     default: float | None
     default_source: str
     grace: float
+    #: Whether the processes left running when the session ends are ended.
+    end_leftovers: bool = True
 
     def describe(self) -> str:
         deadline = (
@@ -127,7 +132,14 @@ def from_config(config: pytest.Config) -> Settings:
             if ini_grace.strip()
             else DEFAULT_GRACE
         )
-    return Settings(default=default, default_source=source, grace=grace)
+    leftovers = config.getoption("expire_leftovers") or config.getini("expire_leftovers").strip()
+    if leftovers not in LEFTOVERS:
+        raise pytest.UsageError(
+            f"ini expire_leftovers: {leftovers!r} is not one of {', '.join(LEFTOVERS)}"
+        )
+    return Settings(
+        default=default, default_source=source, grace=grace, end_leftovers=leftovers == "end"
+    )
 
 
 def _checked(parse: Callable[[str], _T], value: str, where: str) -> _T:

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import IO
 
+from pytest_expire import registry
 from pytest_expire.signals import DUMP_SIGNAL, handles
 from pytest_expire.verdict import start_time
 
@@ -37,8 +38,11 @@ from pytest_expire.verdict import start_time
 _DUMP_TIMEOUT = 1.0
 _DUMP_SETTLE = 0.05
 
-# The session's directory and this process's dump file, while registered.
-_registered: tuple[Path, IO[str]] | None = None
+# This process's registrations, the one in force last: each a session's
+# directory and the dump file there. A process that joined a session
+# (``startup``) and runs a session of its own (a pytest run that a test
+# started) dumps into its own session's file while that runs.
+_registered: list[tuple[Path, IO[str]]] = []
 
 
 def dump_file(directory: Path, pid: int) -> Path | None:
@@ -52,32 +56,52 @@ def dump_file(directory: Path, pid: int) -> Path | None:
 
 
 def register(directory: Path) -> None:
-    """Make this process (and its future forked children) dump stacks on DUMP_SIGNAL."""
-    global _registered
+    """Make this process (and its future forked children) dump stacks on DUMP_SIGNAL
+    into a file of its own in ``directory``, until :func:`unregister`."""
     path = dump_file(directory, os.getpid())
     assert path is not None, "this process exists"
-    stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 (lives as long as the process)
+    stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by unregister)
     faulthandler.register(DUMP_SIGNAL, file=stream, all_threads=True, chain=False)
-    if _registered is not None:
-        _registered[1].close()
-    _registered = (directory, stream)
+    _registered.append((directory, stream))
 
 
 def _reregister_in_child() -> None:
-    if _registered is not None:
-        register(_registered[0])
+    """A forked child of a registered process: a dump file of its own, and an entry of its own.
+
+    Its entry in the session's ``registry`` says which test it started in,
+    so that it is found even once it left the tree of the test's process.
+    A child forked after its session ended (the directory gone) leaves the
+    registration instead: it has no file for the watchdog to read, and an
+    at-fork handler must not raise into the child.
+    """
+    if not _registered:
+        return
+    directory = _registered[-1][0]
+    # The parent's files are the parent's: the child dumps into its own.
+    for _, stream in _registered:
+        stream.close()
+    _registered.clear()
+    try:
+        register(directory)
+    except OSError:
+        faulthandler.unregister(DUMP_SIGNAL)
+        return
+    registry.join(directory)
 
 
 os.register_at_fork(after_in_child=_reregister_in_child)
 
 
 def unregister() -> None:
-    """Stop dumping on DUMP_SIGNAL (the session is over); forked children follow."""
-    global _registered
-    if _registered is not None:
+    """End the last :func:`register` (its session is over): the registration before
+    it applies again, or none; forked children follow."""
+    if not _registered:
+        return
+    _registered.pop()[1].close()
+    if _registered:
+        faulthandler.register(DUMP_SIGNAL, file=_registered[-1][1], all_threads=True, chain=False)
+    else:
         faulthandler.unregister(DUMP_SIGNAL)
-        _registered[1].close()
-        _registered = None
 
 
 def collect(directory: Path, pids: list[int]) -> dict[int, str]:
@@ -85,7 +109,7 @@ def collect(directory: Path, pids: list[int]) -> dict[int, str]:
 
     All are signalled first and then waited for together, so a tree of
     processes costs one wait, not one per process. Unregistered processes
-    are left out (and never signalled).
+    are left out (and never signalled), and so are those that wrote nothing.
     """
     started = {pid: started for pid in pids if (started := _signal(directory, pid))}
     sizes = dict.fromkeys(started, -1)
@@ -99,7 +123,10 @@ def collect(directory: Path, pids: list[int]) -> dict[int, str]:
             sizes[pid] = current
         if settled:
             break
-    return {pid: _read_from(path, before) for pid, (path, before) in started.items()}
+    texts = {pid: _read_from(path, before) for pid, (path, before) in started.items()}
+    # One that wrote nothing dumps elsewhere now (it runs a session of its
+    # own), or is stuck before its handler: it is left to py-spy.
+    return {pid: text for pid, text in texts.items() if text}
 
 
 def _signal(directory: Path, pid: int) -> tuple[Path, int] | None:

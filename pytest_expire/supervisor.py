@@ -22,6 +22,12 @@ replaces crashed workers the same way.)
 A Ctrl-C reaches the worker too (it is in the same process group) and ends
 the session there as it ends pytest's; a SIGINT sent to this process alone
 is passed on to the worker.
+
+While the session runs, the supervisor is its child subreaper (``reaper``):
+a process a test started whose parent died (a daemon, the children of a
+killed worker) becomes the supervisor's child instead of init's, where the
+session still finds it (``offspring``). The supervisor reaps those that
+end, and ends those still running after its last worker.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from types import ModuleType
 
 import pytest
 
-from pytest_expire import worker
+from pytest_expire import reaper, worker
 from pytest_expire.exits import how_it_ended
 from pytest_expire.records import TestRecord, read_flags, read_records
 from pytest_expire.settings import DEADLINE, from_config
@@ -49,6 +55,7 @@ from pytest_expire.watchdog import (
     mark_supervised,
     notice,
     read_diagnosis,
+    reaper_path,
 )
 
 # Options that make pytest show something instead of running tests.
@@ -160,6 +167,9 @@ class Supervisor:
         # else once a worker finds a test that has one: a session without any
         # starts none.
         self.watchdog = SessionWatchdog(grace=self.grace) if settings.default else None
+        self.end_leftovers = settings.end_leftovers
+        # What the tests start stays this process's, even once its parent died.
+        self.reaper = reaper.set_subreaper(True)
 
     def run(self) -> int:
         # Taken by sigwaitinfo: the worker's end, its call for a watchdog, and
@@ -177,6 +187,8 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             if self.watchdog is not None:
                 self.watchdog.stop()
+            if self.reaper:
+                reaper.set_subreaper(False)
 
     def _supervise(self, mask: set[int | signal.Signals]) -> int:
         """Fork workers until one ends the session; its exit status."""
@@ -198,6 +210,7 @@ class Supervisor:
             if recorded.exitstatus is not None:
                 if os.waitstatus_to_exitcode(status) != recorded.exitstatus % 256:
                     notice(f"the process that ran the session {how_it_ended(status, 'after it')}")
+                self._end_leftovers()
                 return recorded.exitstatus
             if not recorded.tests:
                 notice(
@@ -213,6 +226,23 @@ class Supervisor:
                 last.stacks = read_diagnosis(self.watchdog.directory, pid, killed=True) or ""
             history.extend(recorded.tests)
             attempt += 1
+
+    def _end_leftovers(self) -> None:
+        """End what still runs of the session's processes once its worker is gone
+        (what its exit handlers started, say): the worker ended the rest as its
+        session ended (``ExpirePlugin.pytest_sessionfinish``)."""
+        if not self.end_leftovers:
+            return
+        ours = {self.watchdog.pid} if self.watchdog is not None else set()
+        reaper.reap_orphans(ours)
+        pids = [pid for pid in reaper.children() if pid not in ours]
+        if not pids:
+            return
+        from pytest_expire import offspring  # reads /proc: imported when needed
+
+        for line in offspring.end(offspring.of_pids(pids)):
+            notice(f"left running after the session: {line}")
+        reaper.reap_orphans(ours)
 
     def _run_worker(self, spec: worker.Worker) -> tuple[int, int]:
         """Fork a worker and wait for its end: its PID and wait status."""
@@ -261,6 +291,9 @@ class Supervisor:
                 if forward_at is not None:
                     timeout = min(timeout, max(0.0, forward_at - time.monotonic()))
                 received = signal.sigtimedwait(_WAITED_FOR, timeout)
+                if self.reaper:
+                    ours = {pid} if self.watchdog is None else {pid, self.watchdog.pid}
+                    reaper.reap_orphans(ours)
                 if received is not None:
                     if received.si_signo == signal.SIGINT and forward_at is None:
                         forward_at = time.monotonic() + _INTERRUPT_DELAY
@@ -279,6 +312,8 @@ class Supervisor:
             self.watchdog = SessionWatchdog(grace=self.grace)
         self.watchdog.wait_ready()
         mark_supervised(self.watchdog.directory)
+        if self.reaper:
+            reaper_path(self.watchdog.directory).write_text(str(os.getpid()))
         environment = {
             ADDRESS_ENV: self.watchdog.address,
             DIRECTORY_ENV: str(self.watchdog.directory),

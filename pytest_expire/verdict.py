@@ -5,14 +5,19 @@ under test can patch or replace: not ``time.time`` (freezegun,
 ``monkeypatch``), not a signal handler it installs, not an interrupt it
 swallows. So the watchdog, in a process of its own, says it: each test
 process of the session has a *verdict page*, a small file in the session's
-directory that both map shared, holding three numbers:
+directory that both map shared, holding five numbers:
 
 - ``armed``: the token of the deadline the process has armed now (0: none),
   written by the test's process as it arms and disarms;
 - ``expired``: the token of the last deadline the watchdog found passed,
   written by the watchdog before it does anything else about it;
 - ``started``: when the process started (``/proc`` clock ticks), so that a
-  process that reuses the PID of a dead one is never taken for it.
+  process that reuses the PID of a dead one is never taken for it;
+- ``test started``: when its running test started (:func:`boot_ticks`), so
+  that the processes started since are the test's (``offspring``);
+- ``joined``: set by a process that joined the session on behalf of this
+  one (``registry``), so that the end of a test looks for the processes it
+  started only if it started some.
 
 A deadline's *token* is its expiration time as armed, kept apart from the
 tokens the watchdog may still speak of (:class:`Tokens`), and the timer the
@@ -44,9 +49,11 @@ wall_clock = functools.partial(time.clock_gettime, time.CLOCK_REALTIME)
 #: fake clock that raises, or ``time.sleep`` with one that returns at once.
 monotonic_clock = functools.partial(time.clock_gettime, time.CLOCK_MONOTONIC)
 sleep = functools.partial(time.sleep)
+_boot_clock = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
-_ARMED, _EXPIRED, _STARTED = 0, 1, 2
-_SIZE = 3 * 8
+_ARMED, _EXPIRED, _STARTED, _TEST_STARTED, _JOINED = range(5)
+_SIZE = 5 * 8
 
 
 def page_path(directory: Path, pid: int) -> Path:
@@ -62,6 +69,12 @@ def start_time(pid: int) -> int | None:
         return None
     # The command name (field 2, in parentheses) may hold spaces and parentheses.
     return int(line[line.rindex(b")") + 2 :].split()[19])
+
+
+def boot_ticks() -> int:
+    """Now, in the clock of :func:`start_time`: a process started at or after this
+    moment has a start time of at least this."""
+    return int(_boot_clock() * _TICKS_PER_SECOND)
 
 
 class VerdictPage:
@@ -106,6 +119,19 @@ class VerdictPage:
     def arm(self, token: float) -> None:
         self._view[_ARMED] = token
 
+    def begin_test(self) -> int:
+        """A test starts: the processes started from now on are its own; now, in ticks."""
+        now = boot_ticks()
+        self._view[_TEST_STARTED] = now
+        return now
+
+    def take_joined(self) -> bool:
+        """Whether a process joined the session on this one's behalf since last asked."""
+        if self._view[_JOINED]:
+            self._view[_JOINED] = 0.0
+            return True
+        return False
+
     def disarm(self) -> None:
         self._view[_ARMED] = 0.0
 
@@ -121,6 +147,15 @@ class VerdictPage:
 
     def mark_expired(self, token: float) -> None:
         self._view[_EXPIRED] = token
+
+    def test_started(self) -> int:
+        """When the running test started (:func:`boot_ticks`)."""
+        return int(self._view[_TEST_STARTED])
+
+    # A process that joined the session.
+
+    def note_joined(self) -> None:
+        self._view[_JOINED] = 1.0
 
     def close(self) -> None:
         self._view.release()

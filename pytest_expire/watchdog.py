@@ -90,9 +90,23 @@ def read_diagnosis(
     return text
 
 
-def xdist_worker_path(directory: Path, workerid: str) -> Path:
-    """Where the xdist worker ``workerid`` leaves its PID, for the controller to read its kill."""
-    return directory / f"xdist-{workerid}.pid"
+def child_expiries_path(directory: Path, pid: int) -> Path:
+    """Where the stacks of the processes whose own timers expired go, for the report of
+    the test that process ``pid`` runs (the test that started them)."""
+    return directory / f"child-expiries-{pid}.txt"
+
+
+def take_child_expiries(directory: Path, pid: int) -> str:
+    """The stacks written to :func:`child_expiries_path` since last taken; "" if none."""
+    path = child_expiries_path(directory, pid)
+    try:
+        # Renamed first: the watchdog may be appending another child's stacks.
+        taken = path.rename(path.with_suffix(".taken"))
+    except FileNotFoundError:
+        return ""
+    text = taken.read_text(encoding="utf-8", errors="replace")
+    taken.unlink()
+    return text
 
 
 def mark_supervised(directory: Path) -> None:
@@ -107,6 +121,11 @@ def is_supervised(directory: Path) -> bool:
 def helpers_path(directory: Path) -> Path:
     """Where the session lists its own processes (the watchdog's), never diagnosed or killed."""
     return directory / "helpers.pids"
+
+
+def reaper_path(directory: Path) -> Path:
+    """Where the session's child subreaper (its supervisor) leaves its PID."""
+    return directory / "reaper.pid"
 
 
 class SessionWatchdog:

@@ -1,61 +1,268 @@
 """Under pytest-xdist: the controller's watchdog, and the expired test behind a crashed worker.
 
-xdist already replaces a worker that dies and reports the test it was running
-as crashed. The controller starts the session's watchdog, so every worker
-reaches it through the environment it inherits; when the watchdog kills a
-worker whose test did not stop after its interrupt, the crash report xdist
-makes is turned into an expired report with the stacks taken at the kill.
+The controller hosts the session's watchdog whenever the plugin is active.
+It collects no tests, so it cannot know in ``pytest_configure`` whether any
+has a deadline (a marker), and every worker must inherit the watchdog's
+address from its environment when xdist starts it. The watchdog costs one
+interpreter start, made while the workers start and collect; without it,
+each worker whose test has a deadline would start a watchdog of its own,
+and a kill would be a bare crash.
+
+xdist replaces a worker that dies and reports the test it ran as crashed,
+with neither the phase nor the time it ran. The controller completes that
+report from what it saw of the test: its start (``pytest_runtest_logstart``)
+and the reports of its phases. When the watchdog killed the worker (a test
+that did not stop after its interrupt), the report says the test expired,
+in the words of a serial session (``exits.killed_at_deadline``), with the
+stacks taken at the kill. For that, a worker tells the controller its PID
+and its tests' deadlines, once, when it first arms one: nothing is added
+to a worker's tests.
+
+Two things xdist does with a crashed worker's test are mended for the
+session to go on as a serial one would: the report counts toward
+``--maxfail`` and ``-x`` (xdist counts only the reports its workers send),
+and xdist's schedulers by scope (``--dist loadscope``, ``loadfile``,
+``loadgroup``) do not run a test the watchdog killed again on the next
+worker (they run the test a worker died in again, pytest-xdist#1371: a
+hung test would hang each new worker until xdist stops replacing them).
 """
 
 from __future__ import annotations
 
-import pytest
+import json
+import os
+from collections import deque
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
 
+import pytest
+from _pytest._code.code import ReprFileLocation, TerminalRepr
+from _pytest._io import TerminalWriter
+
+from pytest_expire.exits import killed_at_deadline
+from pytest_expire.settings import DEADLINE
+from pytest_expire.verdict import monotonic_clock
 from pytest_expire.watchdog import (
     SessionWatchdog,
+    diagnosis_path,
     mark_supervised,
     read_diagnosis,
-    xdist_worker_path,
 )
+
+Phase = Literal["setup", "call", "teardown"]
+Location = tuple[str, int | None, str]
 
 
 def is_controller(config: pytest.Config) -> bool:
-    """Whether this process is an xdist controller (it runs no test itself)."""
-    return not hasattr(config, "workerinput") and config.getoption("dist", "no") != "no"
+    """Whether this process is an xdist controller, which hands the tests to workers and
+    runs none itself (as xdist decides it: not when it only collects)."""
+    return (
+        not hasattr(config, "workerinput")
+        and config.getoption("dist", "no") != "no"
+        and bool(config.getoption("tx", None))
+        and not config.getoption("collectonly")
+    )
+
+
+def _worker_path(directory: Path, workerid: str) -> Path:
+    """Where xdist worker ``workerid`` tells the controller its PID and its deadlines."""
+    return directory / f"xdist-{workerid}.json"
+
+
+def announce_worker(config: pytest.Config, directory: Path, default: float | None) -> None:
+    """In an xdist worker, as it first arms a deadline: leave its PID and its tests'
+    deadlines (those other than ``default``) where the controller finds them.
+
+    The controller learns of a kill only as the crash of a worker, and
+    collects no tests: it reads here whose stacks the watchdog took, and the
+    deadline to report. Written once per worker, never per test.
+    """
+    session = config.pluginmanager.get_plugin("session")
+    items = session.items if isinstance(session, pytest.Session) else []
+    deadlines = {}
+    for item in items:
+        seconds = item.stash.get(DEADLINE, None)
+        if seconds is not None and seconds != default:
+            deadlines[item.nodeid] = seconds
+    workerid = config.workerinput["workerid"]  # type: ignore[attr-defined]
+    _worker_path(directory, workerid).write_text(
+        json.dumps({"pid": os.getpid(), "default": default, "deadlines": deadlines})
+    )
+
+
+class _Progress(NamedTuple):
+    """How far a worker's test got, as its reports told the controller."""
+
+    nodeid: str
+    #: The phase it is in: the one after that of its last report.
+    phase: Phase
+    #: The durations of the phases reported since it started.
+    reported: float
 
 
 class CrashReporter:
-    """Turns xdist's report of a worker killed by the watchdog into an expired report."""
+    """In an xdist controller: waits for the watchdog; reports a crashed worker's test in
+    the phase it was in, with the time it ran, as expired if the watchdog killed it."""
 
-    def __init__(self, watchdog: SessionWatchdog) -> None:
+    def __init__(self, config: pytest.Config, watchdog: SessionWatchdog, grace: float) -> None:
+        self.config = config
         self.directory = watchdog.directory
         self.watchdog = watchdog
+        self.grace = grace
         mark_supervised(watchdog.directory)
+        #: For each test started and not finished: when, and where it is (oldest first:
+        #: ``--dist each`` runs a test on every worker).
+        self._starts: dict[str, deque[tuple[float, Location]]] = {}
+        #: For each worker (by id): the test it runs.
+        self._progress: dict[str, _Progress] = {}
+        #: The report of the last crashed test, once completed.
+        self._crash_report: pytest.TestReport | None = None
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionstart(self) -> None:
-        # Before xdist starts the workers that will connect to it.
+    def pytest_runtestloop(self) -> None:
+        # Before the controller hands out the first test, not before xdist
+        # starts the workers: the watchdog starts while they collect.
         self.watchdog.wait_ready()
+
+    @pytest.hookimpl(wrapper=True, optionalhook=True)
+    def pytest_xdist_make_scheduler(self) -> Generator[None, Any, Any]:
+        scheduler = yield
+        assigned_work = getattr(scheduler, "assigned_work", None)
+        if isinstance(assigned_work, dict):  # by scope: loadscope, loadfile, loadgroup
+            remove_node = scheduler.remove_node
+
+            def remove_node_but_killed(node: Any) -> str | None:
+                return self._remove_node(remove_node, assigned_work, node)
+
+            scheduler.remove_node = remove_node_but_killed
+        return scheduler
+
+    def _remove_node(
+        self, remove_node: Callable[[Any], str | None], assigned_work: dict[Any, Any], node: Any
+    ) -> str | None:
+        """A scheduler by scope's ``remove_node``, which puts the crashed test back in its
+        queue with the rest of its unit: the test the watchdog killed is marked done
+        first, and named as the crashed one (the scheduler would take the next)."""
+        killed = None
+        if self._kill_of(node.workerinput["workerid"]) is not None:
+            # The crashed test, as the scheduler finds it: the first not done.
+            for work_unit in assigned_work.get(node, {}).values():
+                killed = next((nodeid for nodeid, done in work_unit.items() if not done), None)
+                if killed is not None:
+                    work_unit[killed] = True
+                    break
+        crashitem = remove_node(node)
+        return killed or crashitem
+
+    def pytest_runtest_logstart(self, nodeid: str, location: Location) -> None:
+        self._starts.setdefault(nodeid, deque()).append((monotonic_clock(), location))
+
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        self._take_start(nodeid)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report is self._crash_report:
+            self._stop_if_asked()
+            return
+        workerid = _worker_id(report)
+        if workerid is None:
+            return
+        progress = self._progress.get(workerid)
+        reported = progress.reported if progress and progress.nodeid == report.nodeid else 0.0
+        self._progress[workerid] = _Progress(
+            report.nodeid, _phase_after(report), reported + report.duration
+        )
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport) -> None:
-        stacks = self._stacks_at_kill(report)
-        if not stacks:
-            return  # a crash of its own, not one of ours
-        report.longrepr = (
-            f"{crashitem} expired; it did not stop when interrupted and the watchdog "
-            f"killed its worker ({report.longrepr})"
-        )
-        report.sections.append((f"expired: {crashitem}", stacks))
+        """Complete xdist's report of the test whose worker died (before anyone reads it)."""
+        crashed = monotonic_clock()
+        self._crash_report = report
+        workerid = _worker_id(report)
+        progress = self._progress.pop(workerid, None) if workerid else None
+        if progress is None or progress.nodeid != crashitem:
+            progress = _Progress(crashitem, "setup", 0.0)  # it died before its setup ended
+        report.when = progress.phase
+        start = self._take_start(crashitem)
+        if start is not None:
+            started, report.location = start
+            # Its phases reported count already: the test took from its start to the crash.
+            report.duration = max(0.0, crashed - started - progress.reported)
+        kill = self._kill_of(workerid)
+        stacks = read_diagnosis(self.directory, kill["pid"], killed=True) if kill else None
+        if kill is not None and stacks is not None:
+            seconds = kill["deadlines"].get(crashitem, kill["default"])
+            message, title = killed_at_deadline(crashitem, seconds, progress.phase, self.grace)
+            report.longrepr = _KilledRepr(message, report.location, title, stacks)
 
-    def _stacks_at_kill(self, report: pytest.TestReport) -> str:
-        """The stacks the watchdog took when it killed the crashed worker, if it did."""
-        # xdist's crash report names the worker; the worker left its PID for us.
-        workerinput = getattr(getattr(report, "node", None), "workerinput", None)
-        if not isinstance(workerinput, dict) or "workerid" not in workerinput:
-            return ""
+    def _stop_if_asked(self) -> None:
+        """Stop handing out tests if the crashed test was one failure too many.
+
+        xdist's controller counts toward ``--maxfail`` (and ``-x``) only the
+        reports its workers send; pytest's session counted this one.
+        """
+        session = self.config.pluginmanager.get_plugin("session")
+        dsession = self.config.pluginmanager.get_plugin("dsession")
+        if session is not None and dsession is not None and session.shouldfail:
+            dsession.shouldstop = dsession.shouldstop or session.shouldfail
+
+    def _take_start(self, nodeid: str) -> tuple[float, Location] | None:
+        """The oldest start of ``nodeid`` not finished, now finished; None if none."""
+        starts = self._starts.get(nodeid)
+        if not starts:
+            return None
+        start = starts.popleft()
+        if not starts:
+            del self._starts[nodeid]
+        return start
+
+    def _kill_of(self, workerid: str | None) -> dict[str, Any] | None:
+        """What worker ``workerid`` said of itself (``announce_worker``), if the watchdog
+        killed it (the stacks taken at the kill are there, not read yet); None if it died
+        otherwise."""
+        if workerid is None:
+            return None
         try:
-            pid = int(xdist_worker_path(self.directory, workerinput["workerid"]).read_text())
-        except (FileNotFoundError, ValueError):
-            return ""  # the worker died before its first deadline: not killed by us
-        return read_diagnosis(self.directory, pid, killed=True) or ""
+            announcement = json.loads(_worker_path(self.directory, workerid).read_text())
+        except (OSError, ValueError):
+            return None  # it armed no deadline
+        killed = diagnosis_path(self.directory, announcement["pid"], killed=True).exists()
+        return announcement if killed else None
+
+
+def _worker_id(report: pytest.TestReport) -> str | None:
+    """The id of the xdist worker that sent ``report`` (xdist tells it to the controller)."""
+    node: Any = getattr(report, "node", None)
+    workerinput = getattr(node, "workerinput", None)
+    return workerinput.get("workerid") if isinstance(workerinput, dict) else None
+
+
+def _phase_after(report: pytest.TestReport) -> Phase:
+    """The phase a test is in once the phase of ``report`` ended.
+
+    pytest calls a test only after a setup that passed, and tears it down
+    in any case; after the teardown, a plugin that reruns the test
+    (pytest-rerunfailures) starts its setup again.
+    """
+    if report.when == "teardown":
+        return "setup"
+    return "call" if report.when == "setup" and report.passed else "teardown"
+
+
+class _KilledRepr(TerminalRepr):
+    """The failure of a killed test, shaped as pytest's own: the message is the one line
+    the short summary and JUnit's ``message`` show; the stacks follow it in the
+    terminal and in the text of JUnit's ``<failure>`` or ``<error>``."""
+
+    def __init__(self, message: str, location: Location, title: str, stacks: str) -> None:
+        path, lineno, _ = location
+        self.reprcrash = ReprFileLocation(path, (lineno or 0) + 1, message)
+        self.title = title
+        self.stacks = stacks
+
+    def toterminal(self, tw: TerminalWriter) -> None:
+        # As a serial session shows it: the message, then the stacks as a section.
+        tw.line(self.reprcrash.message)
+        tw.sep("-", self.title)
+        tw.line(self.stacks.removesuffix("\n"))

@@ -195,9 +195,10 @@ def test_a_forked_child_dumps_its_own_stacks(pytester: pytest.Pytester) -> None:
     assert "os.waitpid" not in child_dump
 
 
-def test_a_started_subprocess_is_read_from_outside(pytester: pytest.Pytester) -> None:
-    # Not forked, so not registered for dumps: py-spy (the native extra)
-    # reads its stacks through ptrace.
+def test_a_subprocess_that_did_not_join_is_read_from_outside(pytester: pytest.Pytester) -> None:
+    # In isolated mode (-I) it does not join the session, so it is not
+    # registered for dumps: py-spy (the native extra) reads its stacks
+    # through ptrace.
     skip_unless_py_spy_reads_processes()
     pytester.makepyfile(
         """
@@ -207,7 +208,7 @@ def test_a_started_subprocess_is_read_from_outside(pytester: pytest.Pytester) ->
             "waits_in_a_subprocess()\\n"
 
         def test_starts_and_hangs():
-            child = subprocess.Popen([sys.executable, "-c", CHILD])
+            child = subprocess.Popen([sys.executable, "-I", "-c", CHILD])
             try:
                 time.sleep(3600)
             finally:

@@ -20,6 +20,10 @@ import psutil
 import pytest
 from snippets import FOLLOWER, pytest_job, wait_until_exists
 
+from pytest_expire.registry import TEST_PROCESS_ENV
+from pytest_expire.timer.unix_socket_timer import ADDRESS_ENV
+from pytest_expire.watchdog import DIRECTORY_ENV, OWNER_ENV
+
 ARGS = ("--expire-default=0.5", "--expire-grace=1", "-rA", "-p", "no:randomly")
 
 
@@ -279,7 +283,13 @@ def test_a_watchdog_killed_mid_test_is_replaced(
     assert result.duration < 20
 
 
-def test_a_program_that_ran_pytest_gets_its_signals_back(pytester: pytest.Pytester) -> None:
+def test_a_program_that_ran_pytest_gets_its_signals_back(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A program outside any session (this one runs in a session of its own,
+    # which the program would join as it starts: see test_children_join.py).
+    for name in (ADDRESS_ENV, DIRECTORY_ENV, OWNER_ENV, TEST_PROCESS_ENV):
+        monkeypatch.delenv(name, raising=False)
     pytester.makepyfile(
         test_suite="""
         import time

@@ -1,0 +1,230 @@
+"""The processes a session's tests started, wherever they went: found, attributed, ended.
+
+A test's hang often lives in a process it started, and a process a test
+started may outlive it (a leaked child, a double-forked daemon, a
+grandchild holding the output pipe). This module finds them, for the
+watchdog at a deadline and for the test's process at the end of a test or
+of the session, in three places:
+
+- the *tree* of the process that runs the tests (the *test process*);
+- the *registry* (``registry``): every Python process that joined the
+  session on the test process's behalf, wherever its parent went;
+- the *reaper*'s children: a supervised session's supervisor is a child
+  subreaper (``supervisor``), so that a process that left the tree (its
+  parent died) becomes its child instead of init's, and stays in reach.
+
+A process is the running test's if it started after the test did (the
+verdict page holds when: ``verdict.boot_ticks``); a registered one says
+which test it started in. Nothing here runs per test unless the test
+started processes: finding them reads ``/proc``, which costs milliseconds.
+Processes are signalled through pidfds opened while their start time was
+checked, never by a PID alone, never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+from pathlib import Path
+from typing import NamedTuple
+
+import psutil
+
+from pytest_expire import registry
+from pytest_expire.verdict import monotonic_clock, page_path, start_time
+from pytest_expire.watchdog import helpers_path, reaper_path
+
+#: How long an ended process has between SIGTERM and SIGKILL.
+TERMINATE_PATIENCE = 1.0
+
+
+class Offspring(NamedTuple):
+    """A process a test started, as found."""
+
+    process: psutil.Process
+    #: When it started (``verdict.start_time``).
+    started: int
+    #: Its command line when found (an ended process has none to read).
+    command: str
+    #: The test it started in, "NODEID (PHASE)" if it joined the session; else "".
+    test: str
+
+    def describe(self) -> str:
+        """One line for a report: which process, running what, started when."""
+        during = f", started during {self.test}" if self.test else ""
+        return f"process {self.process.pid} ({_shortened(self.command)}){during}"
+
+
+def of_test(directory: Path, pid: int, since: int) -> list[Offspring]:
+    """The processes started since ``since`` by the test that process ``pid`` runs,
+    parents before their children."""
+    return [child for child in of_session(directory, pid) if child.started >= since]
+
+
+def of_session(directory: Path, pid: int) -> list[Offspring]:
+    """Every running process that the tests of process ``pid`` started, parents first.
+
+    Those that joined on behalf of a test process that is gone (a killed
+    worker's) too: its replacement, which runs the rest of its tests, finds them.
+    """
+    entries = {entry.pid: entry for entry in registry.entries(directory)}
+    roots = [pid, *_orphans(directory, pid)]
+    roots += [
+        entry.pid
+        for entry in entries.values()
+        if entry.owner == pid or (entry.owner and start_time(entry.owner) is None)
+    ]
+    excluded = {pid, os.getpid(), *_read_pids(helpers_path(directory))}
+    return _families(roots, excluded, entries)
+
+
+def of_pids(pids: list[int]) -> list[Offspring]:
+    """The processes ``pids`` that still run and their descendants, parents first."""
+    return _families(pids, set(), {})
+
+
+def _families(
+    roots: list[int], excluded: set[int], entries: dict[int, registry.Entry]
+) -> list[Offspring]:
+    """``roots`` and their descendants, less ``excluded``, each with the test its
+    ``entries`` say it started in; parents first."""
+    found: dict[int, Offspring] = {}
+    for root in roots:
+        try:
+            process = psutil.Process(root)
+            family = [process, *process.children(recursive=True)]
+        except psutil.Error:
+            continue  # ended meanwhile
+        for process in family:
+            if process.pid in excluded or process.pid in found:
+                continue
+            started = start_time(process.pid)
+            try:
+                if started is None or process.status() == psutil.STATUS_ZOMBIE:
+                    continue  # ended (a zombie waits for its parent, which it may never get)
+                command = " ".join(process.cmdline()) or process.name()
+            except psutil.Error:
+                continue
+            entry = entries.get(process.pid)
+            test = entry.test if entry is not None and entry.started == started else ""
+            found[process.pid] = Offspring(process, started, command, test)
+    return sorted(found.values(), key=lambda child: child.started)
+
+
+def owner_of(directory: Path, pid: int) -> registry.Entry | None:
+    """Which test process's test started process ``pid``, and in which test, if known:
+    its registry entry, else (not joined) its nearest ancestor that runs tests."""
+    started = start_time(pid)
+    for entry in registry.entries(directory):
+        if entry.pid == pid and entry.started == started and entry.owner:
+            return entry
+    try:
+        ancestors = psutil.Process(pid).parents()
+    except psutil.Error:
+        return None
+    for ancestor in ancestors:
+        if page_path(directory, ancestor.pid).exists():
+            return registry.Entry(pid, started or 0, ancestors[0].pid, ancestor.pid, "")
+    return None
+
+
+def _orphans(directory: Path, pid: int) -> list[int]:
+    """The children of the session's reaper that are neither process ``pid`` nor helpers:
+    processes that left the tree they were started in."""
+    reaper = _read_pids(reaper_path(directory))
+    if not reaper or reaper[0] == pid:
+        return []
+    try:
+        return [child.pid for child in psutil.Process(reaper[0]).children()]
+    except psutil.Error:
+        return []
+
+
+def attribute(offspring: list[Offspring], starts: registry.TestStarts) -> list[Offspring]:
+    """``offspring``, each attributed to the test that ran when it started.
+
+    A process that joined the session says its test and phase, unless it
+    was forked by a process that outlives tests (multiprocessing's
+    forkserver), whose environment names the test that started it: the
+    test is taken from when the process started, the phase only from a
+    process that names that test.
+    """
+    attributed = []
+    for child in offspring:
+        running = starts.running_at(child.started)
+        if running and child.test.rpartition(" (")[0] != running:
+            child = child._replace(test=running)
+        attributed.append(child)
+    return attributed
+
+
+def end(offspring: list[Offspring], patience: float = TERMINATE_PATIENCE) -> list[str]:
+    """End each process: SIGTERM, up to ``patience`` seconds, then SIGKILL; a line
+    for each saying how it ended."""
+    opened: list[tuple[Offspring, int]] = []
+    for child in offspring:
+        pidfd = _open(child)
+        if pidfd is not None:
+            opened.append((child, pidfd))
+    try:
+        for _, pidfd in opened:
+            _send(pidfd, signal.SIGTERM)
+        waiting = {pidfd for _, pidfd in opened}
+        until = monotonic_clock() + patience
+        while waiting:
+            remaining = until - monotonic_clock()
+            if remaining <= 0:
+                break
+            readable, _, _ = select.select(list(waiting), [], [], remaining)
+            waiting.difference_update(readable)
+        lines = []
+        for child, pidfd in opened:
+            if pidfd in waiting:
+                _send(pidfd, signal.SIGKILL)
+                how = f"killed: it ignored SIGTERM for {patience:g} s"
+            else:
+                how = "ended by SIGTERM"
+            lines.append(f"{child.describe()}: {how}")
+        return lines
+    finally:
+        for _, pidfd in opened:
+            os.close(pidfd)
+
+
+def kill(offspring: list[Offspring]) -> None:
+    """SIGKILL each process, the youngest first (children before their parents)."""
+    for child in reversed(offspring):
+        pidfd = _open(child)
+        if pidfd is not None:
+            _send(pidfd, signal.SIGKILL)
+            os.close(pidfd)
+
+
+def _open(child: Offspring) -> int | None:
+    """A pidfd of ``child``, if it still runs (the PID not reused meanwhile)."""
+    try:
+        pidfd = os.pidfd_open(child.process.pid)
+    except OSError:
+        return None
+    if start_time(child.process.pid) != child.started:
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
+def _send(pidfd: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(pidfd, signum)
+
+
+def _read_pids(path: Path) -> list[int]:
+    try:
+        return [int(word) for word in path.read_text().split()]
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def _shortened(command: str, limit: int = 200) -> str:
+    return command if len(command) <= limit else command[: limit - 3] + "..."

@@ -1,0 +1,52 @@
+"""The supervisor as the session's child subreaper: no process a test started gets away.
+
+A process whose parent dies is given a new parent: init, normally, where
+nothing of the session can find it any more (a double-forked ``setsid``
+daemon, the children of a killed worker). A *child subreaper*
+(``prctl(PR_SET_CHILD_SUBREAPER)``, Linux) takes that role for its
+descendants: the supervisor, which outlives every worker, becomes one, so
+that such processes become its children and stay in reach of
+``offspring``. It must then reap them when they end, as init would: they
+are nobody else's children.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Collection
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_subreaper(enabled: bool) -> bool:
+    """Make this process its descendants' subreaper, or no more; whether the system allows it.
+
+    No more once the session is over: a program that ran ``pytest.main()``
+    goes on, and would otherwise adopt the orphans of its other children.
+    """
+    import ctypes  # the only way to prctl(); imported by a supervisor alone
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, int(enabled), 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def children() -> list[int]:
+    """The PIDs of this process's children (it has one thread: a supervisor's)."""
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/children") as listing:
+            return [int(word) for word in listing.read().split()]
+    except OSError:
+        return []
+
+
+def reap_orphans(ours: Collection[int]) -> None:
+    """Reap the ended children that are not among ``ours`` (those this process
+    started and waits for itself): orphans it adopted."""
+    for pid in children():
+        if pid not in ours:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)

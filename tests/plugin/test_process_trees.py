@@ -1,0 +1,305 @@
+"""Every process a test starts is under its deadline, and none outlives the session.
+
+Each scenario is a real pytest session in a subprocess whose tests start real
+process trees (non-Python children, ``setsid`` daemons, ``multiprocessing``
+children, grandchildren holding a pipe), followed by a test that must run
+and pass. Every process of the session carries a mark in its environment, so
+that what is left after the session is found wherever it went (a daemon
+leaves the tree), and killed by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import uuid
+from collections.abc import Iterator
+
+import psutil
+import pytest
+from snippets import FOLLOWER
+
+ARGS = ("--expire-default=1", "--expire-grace=1", "-rA", "-p", "no:randomly")
+MARK = "PYTEST_EXPIRE_TEST_MARK"
+
+
+@pytest.fixture
+def marked(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A mark in the environment of the session under test and of every process it starts;
+    the test fails if a marked process outlives it (each is killed, by PID)."""
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv(MARK, mark)
+    yield mark
+    left = marked_processes(mark)
+    for process in left:
+        process.kill()
+    psutil.wait_procs(left, timeout=5)
+    assert not left, f"processes outlived the session: {[p.info for p in left]}"
+
+
+def marked_processes(mark: str) -> list[psutil.Process]:
+    """The running processes whose environment carries ``mark`` (zombies ended already)."""
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if process.pid == os.getpid() or process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if process.environ().get(MARK) == mark:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def run(pytester: pytest.Pytester, source: str, *args: str, helpers: str = "") -> pytest.RunResult:
+    pytester.makepyfile(test_suite=helpers + textwrap.dedent(source) + FOLLOWER)
+    return pytester.runpytest_subprocess(*ARGS, *args, timeout=120)
+
+
+def test_a_hung_child_of_an_interrupted_test_is_ended_with_it(
+    pytester: pytest.Pytester, marked: str
+) -> None:
+    result = run(
+        pytester,
+        """
+        import subprocess
+
+        def test_waits_for_a_child():
+            subprocess.Popen(["sleep", "1000"]).wait()
+        """,
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*- expired: test_suite.py::test_waits_for_a_child after 1 s -*",
+            "*--- process * sleep 1000 ---*",
+            "*- processes test_suite.py::test_waits_for_a_child left running after teardown -*",
+            "process * (sleep 1000), started during *: ended by SIGTERM",
+        ]
+    )
+    assert "processes the tests left running" not in result.stdout.str()
+
+
+def test_a_child_that_ignores_sigterm_is_killed(pytester: pytest.Pytester, marked: str) -> None:
+    result = run(
+        pytester,
+        """
+        import subprocess
+
+        def test_waits_for_a_stubborn_child():
+            subprocess.Popen(["bash", "-c", "trap '' TERM; sleep 1000 & wait"]).wait()
+        """,
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    # SIG_IGN is inherited: neither the shell nor its child ends on SIGTERM.
+    result.stdout.fnmatch_lines(
+        [
+            "process * (bash -c trap '' TERM; sleep 1000 & wait), started during *: "
+            "killed: it ignored SIGTERM for 1 s",
+            "process * (sleep 1000), started during *: killed: it ignored SIGTERM for 1 s",
+        ]
+    )
+
+
+def test_a_grandchild_holding_the_output_pipe_is_ended(
+    pytester: pytest.Pytester, marked: str
+) -> None:
+    # The child ends at once; the grandchild keeps its end of the pipe, so
+    # the test's read of the child's output never ends.
+    result = run(
+        pytester,
+        """
+        import subprocess
+
+        def test_reads_a_childs_output():
+            subprocess.run(["bash", "-c", "sleep 1000 & echo started"], capture_output=True)
+        """,
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["process * (sleep 1000), started during *: ended by SIGTERM"])
+
+
+def test_a_hung_multiprocessing_child_does_not_hang_the_session_at_exit(
+    pytester: pytest.Pytester, marked: str
+) -> None:
+    # multiprocessing joins its non-daemon children as the process exits: a
+    # hung one that outlived its test would hang the run after its summary.
+    result = run(
+        pytester,
+        """
+        import multiprocessing, time
+
+        def hang():
+            time.sleep(1000)
+
+        def test_joins_a_hung_child():
+            child = multiprocessing.get_context("fork").Process(target=hang)
+            child.start()
+            child.join()
+        """,
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*- expired: test_suite.py::test_joins_a_hung_child after 1 s -*",
+            "*in hang*",
+            "process *, started during test_suite.py::test_joins_a_hung_child (call): "
+            "ended by SIGTERM",
+        ]
+    )
+
+
+DAEMON = """
+import subprocess, time
+
+def start_daemon(seconds):
+    # Double-forked into a session of its own: its parent is gone at once.
+    subprocess.run(
+        ["bash", "-c", f"setsid sleep {seconds} </dev/null >/dev/null 2>&1 &"], check=True
+    )
+    # A process that is not Python is known by its start time, to 1/100 s:
+    # the next test must start later to be told apart.
+    time.sleep(0.05)
+"""
+
+
+def test_a_daemon_a_passing_test_leaked_is_ended_when_the_session_ends(
+    pytester: pytest.Pytester, marked: str
+) -> None:
+    result = run(
+        pytester,
+        """
+        def test_leaks_a_daemon():
+            start_daemon(1001)
+        """,
+        helpers=DAEMON,
+    )
+    result.assert_outcomes(passed=2)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        [
+            "*- processes the tests left running -*",
+            "process * (sleep 1001), started during test_suite.py::test_leaks_a_daemon: "
+            "ended by SIGTERM",
+        ]
+    )
+
+
+def test_leftovers_only_listed_when_told(pytester: pytest.Pytester, marked: str) -> None:
+    pytester.makeini("[pytest]\nexpire_leftovers = list\n")
+    result = run(
+        pytester,
+        """
+        def test_leaks_a_daemon():
+            start_daemon(1002)
+        """,
+        helpers=DAEMON,
+    )
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        ["process * (sleep 1002), started during test_suite.py::test_leaks_a_daemon: left running"]
+    )
+    left = marked_processes(marked)
+    assert [process.cmdline() for process in left] == [["sleep", "1002"]]
+    for process in left:
+        process.kill()
+    psutil.wait_procs(left, timeout=5)
+
+
+def test_a_bad_leftovers_setting_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nexpire_leftovers = kill\n")
+    pytester.makepyfile("def test_passes(): pass")
+    result = pytester.runpytest_subprocess(timeout=60)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*expire_leftovers: 'kill' is not one of end, list*"])
+
+
+def test_a_daemon_started_by_a_killed_test_dies_with_it(
+    pytester: pytest.Pytester, marked: str
+) -> None:
+    # The test's process is killed; the daemon it started left its tree at
+    # once, and is found as a child of the supervisor (a subreaper).
+    result = run(
+        pytester,
+        """
+        import signal, time
+
+        def test_starts_a_daemon_and_ignores_its_interrupt():
+            start_daemon(1003)
+            signal.pthread_sigmask(signal.SIG_BLOCK, range(1, signal.NSIG))
+            time.sleep(1000)
+        """,
+        helpers=DAEMON,
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*did not stop when interrupted*", "*--- process * sleep 1003 ---*"]
+    )
+    assert "processes the tests left running" not in result.stdout.str()
+
+
+def test_a_childs_own_deadline_is_reported_with_its_stacks(pytester: pytest.Pytester) -> None:
+    # A test wraps its child in `expires` through the session's watchdog (its
+    # address is in the child's environment): at the child's deadline, the
+    # child's stacks reach the session and the test's report.
+    result = run(
+        pytester,
+        '''
+        import signal, subprocess, sys
+        import pytest
+
+        CHILD = """
+        import os, time
+        from pytest_expire.timer import configure, expires
+        from pytest_expire.timer.unix_socket_timer import UnixSocketTimerClient
+
+        def stuck_in_the_child():
+            time.sleep(1000)
+
+        configure(UnixSocketTimerClient(os.environ["PYTEST_EXPIRE_ADDRESS"]))
+        with expires(after=0.5, scope="child-work"):
+            stuck_in_the_child()
+        """
+
+        @pytest.mark.expires(30)
+        def test_runs_a_child_with_a_deadline():
+            child = subprocess.run([sys.executable, "-c", CHILD])
+            assert child.returncode == -signal.SIGKILL
+        ''',
+    )
+    result.assert_outcomes(passed=2)
+    result.stderr.fnmatch_lines(
+        [
+            "pytest-expire: the timers 'child-work' of process * expired, started by "
+            "test_suite.py::test_runs_a_child_with_a_deadline: its stacks are in that test's report"
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*- expired timers of processes test_suite.py::test_runs_a_child_with_a_deadline "
+            "started (found at teardown) -*",
+            "--- process *: its timers 'child-work' expired ---",
+            "*in stuck_in_the_child*",
+        ]
+    )
+
+
+def test_a_process_started_after_the_last_test_is_ended_too(
+    pytester: pytest.Pytester, marked: str
+) -> None:
+    # Started by an exit handler a test registered, after the session's own
+    # look at its processes: the supervisor, whose child it became, ends it.
+    result = run(
+        pytester,
+        """
+        import atexit, subprocess
+
+        def test_registers_an_exit_handler():
+            atexit.register(lambda: subprocess.Popen(["setsid", "sleep", "1004"]))
+        """,
+    )
+    result.assert_outcomes(passed=2)
+    assert result.ret == 0
+    result.stderr.fnmatch_lines(
+        ["pytest-expire: left running after the session: process * (sleep 1004): ended by SIGTERM"]
+    )
