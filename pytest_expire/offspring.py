@@ -18,7 +18,9 @@ verdict page holds when: ``verdict.boot_ticks``); a registered one says
 which test it started in. Nothing here runs per test unless the test
 started processes: finding them reads ``/proc``, which costs milliseconds.
 Processes are signalled through pidfds opened while their start time was
-checked, never by a PID alone, never by name.
+checked, never by a PID alone, never by name. psutil is imported where it is
+used: a test process imports it only once its tests start processes (and
+again after pytester's in-process runs, which unload what they imported).
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ import os
 import select
 import signal
 from pathlib import Path
-from typing import NamedTuple
-
-import psutil
+from typing import TYPE_CHECKING, NamedTuple
 
 from pytest_expire import registry
 from pytest_expire.verdict import monotonic_clock, page_path, start_time
 from pytest_expire.watchdog import helpers_path, reaper_path
+
+if TYPE_CHECKING:
+    import psutil
 
 #: How long an ended process has between SIGTERM and SIGKILL.
 TERMINATE_PATIENCE = 1.0
@@ -76,8 +79,13 @@ def of_session(directory: Path, pid: int) -> list[Offspring]:
         for entry in entries.values()
         if entry.owner == pid or (entry.owner and start_time(entry.owner) is None)
     ]
-    excluded = {pid, os.getpid(), *_read_pids(helpers_path(directory))}
+    excluded = {pid, os.getpid(), *helper_pids(directory)}
     return _families(roots, excluded, entries)
+
+
+def helper_pids(directory: Path) -> list[int]:
+    """The session's own processes (its watchdog), never diagnosed or ended."""
+    return _read_pids(helpers_path(directory))
 
 
 def of_pids(pids: list[int]) -> list[Offspring]:
@@ -90,6 +98,8 @@ def _families(
 ) -> list[Offspring]:
     """``roots`` and their descendants, less ``excluded``, each with the test its
     ``entries`` say it started in; parents first."""
+    import psutil
+
     found: dict[int, Offspring] = {}
     for root in roots:
         try:
@@ -116,6 +126,8 @@ def _families(
 def owner_of(directory: Path, pid: int) -> registry.Entry | None:
     """Which test process's test started process ``pid``, and in which test, if known:
     its registry entry, else (not joined) its nearest ancestor that runs tests."""
+    import psutil
+
     started = start_time(pid)
     for entry in registry.entries(directory):
         if entry.pid == pid and entry.started == started and entry.owner:
@@ -133,6 +145,8 @@ def owner_of(directory: Path, pid: int) -> registry.Entry | None:
 def _orphans(directory: Path, pid: int) -> list[int]:
     """The children of the session's reaper that are neither process ``pid`` nor helpers:
     processes that left the tree they were started in."""
+    import psutil
+
     reaper = _read_pids(reaper_path(directory))
     if not reaper or reaper[0] == pid:
         return []
@@ -171,26 +185,37 @@ def end(offspring: list[Offspring], patience: float = TERMINATE_PATIENCE) -> lis
     try:
         for _, pidfd in opened:
             _send(pidfd, signal.SIGTERM)
-        waiting = {pidfd for _, pidfd in opened}
-        until = monotonic_clock() + patience
-        while waiting:
-            remaining = until - monotonic_clock()
-            if remaining <= 0:
-                break
-            readable, _, _ = select.select(list(waiting), [], [], remaining)
-            waiting.difference_update(readable)
-        lines = []
-        for child, pidfd in opened:
-            if pidfd in waiting:
-                _send(pidfd, signal.SIGKILL)
-                how = f"killed: it ignored SIGTERM for {patience:g} s"
-            else:
-                how = "ended by SIGTERM"
-            lines.append(f"{child.describe()}: {how}")
-        return lines
+        stubborn = _still_running({pidfd for _, pidfd in opened}, patience)
+        for pidfd in stubborn:
+            _send(pidfd, signal.SIGKILL)
+        # Gone before this returns: a process still dying would be found again.
+        _still_running(stubborn, patience)
+        return [
+            f"{child.describe()}: "
+            + (
+                f"killed: it ignored SIGTERM for {patience:g} s"
+                if pidfd in stubborn
+                else "ended by SIGTERM"
+            )
+            for child, pidfd in opened
+        ]
     finally:
         for _, pidfd in opened:
             os.close(pidfd)
+
+
+def _still_running(pidfds: set[int], patience: float) -> set[int]:
+    """Wait up to ``patience`` seconds for the processes of ``pidfds`` to end; those that
+    did not."""
+    waiting = set(pidfds)
+    until = monotonic_clock() + patience
+    while waiting:
+        remaining = until - monotonic_clock()
+        if remaining <= 0:
+            break
+        readable, _, _ = select.select(list(waiting), [], [], remaining)
+        waiting.difference_update(readable)
+    return waiting
 
 
 def kill(offspring: list[Offspring]) -> None:

@@ -9,17 +9,14 @@ expired test in its process) and ``stacks`` (dumps taken from outside).
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Generator
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_expire import interrupt, supervisor, worker
+from pytest_expire import interrupt, leftovers, offspring, supervisor, worker
 from pytest_expire.client import Link, current_link, new_link
 from pytest_expire.settings import (
     DEADLINE,
@@ -42,9 +39,6 @@ from pytest_expire.watchdog import (
     take_child_expiries,
 )
 from pytest_expire.xdist_support import CrashReporter, announce_worker, is_controller
-
-if TYPE_CHECKING:
-    from pytest_expire.offspring import Offspring
 
 PLUGIN_NAME = "expire-session"
 # How long a report waits for the stacks the watchdog is taking (it dumps for
@@ -132,6 +126,8 @@ def pytest_configure(config: pytest.Config) -> None:
         plugin.watchdog.keep_alive()
         reporter = CrashReporter(config, plugin.watchdog, settings.grace)
         config.pluginmanager.register(reporter, "expire-xdist")
+        sweeper = leftovers.ControllerLeftovers(plugin.watchdog.directory, settings.end_leftovers)
+        config.pluginmanager.register(sweeper, "expire-xdist-leftovers")
     else:
         # In a supervised worker (see pytest_cmdline_main), its recorder.
         plugin.recorder = worker.attach(config)
@@ -174,22 +170,16 @@ class ExpirePlugin:
         link = self.link
         if link is None or link.nested:
             return  # no test had a deadline; or the tests of a session around this one go on
-        offspring = _offspring()
-        leftovers: list[Offspring] = offspring.attribute(
+        found = offspring.attribute(
             offspring.of_session(link.directory, os.getpid()), link.test_starts
         )
-        if not leftovers:
-            return
-        if self.settings.end_leftovers:
-            self.leftovers = offspring.end(leftovers)
-        else:
-            self.leftovers = [f"{child.describe()}: left running" for child in leftovers]
+        self.leftovers = leftovers.settle(found, self.settings.end_leftovers)
+        workeroutput = getattr(self.config, "workeroutput", None)
+        if workeroutput is not None:  # an xdist worker: the controller says it
+            workeroutput[leftovers.WORKEROUTPUT_KEY] = self.leftovers
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        if self.leftovers:
-            terminalreporter.section("processes the tests left running", sep="-", yellow=True)
-            for line in self.leftovers:
-                terminalreporter.line(line)
+        leftovers.write(terminalreporter, self.leftovers)
 
     def pytest_unconfigure(self) -> None:
         if self.link is not None:
@@ -284,9 +274,8 @@ class ExpirePlugin:
         if expiries:
             title = f"expired timers of processes {report.nodeid} started (found at teardown)"
             report.sections.append((title, expiries))
-        offspring = _offspring()
         link = self.link
-        children: list[Offspring] = offspring.attribute(
+        children = offspring.attribute(
             offspring.of_test(link.directory, os.getpid(), link.page.test_started()),
             link.test_starts,
         )
@@ -321,16 +310,6 @@ class ExpirePlugin:
             text = "(no stacks: the test ended past its deadline before the watchdog took them)\n"
         parts = [text, *(f"asyncio tasks:\n{note}" for note in deadline.notes)]
         return "\n".join(part for part in parts if part)
-
-
-def _offspring() -> ModuleType:
-    """The ``offspring`` module, imported once a test started processes.
-
-    It reads ``/proc`` with psutil, which a session whose tests start none
-    never loads. Looked up in ``sys.modules`` each time: pytester's in-process
-    runs unload the modules imported while they ran.
-    """
-    return importlib.import_module("pytest_expire.offspring")
 
 
 def _fail_as_expired(report: pytest.TestReport, message: str) -> None:

@@ -35,12 +35,15 @@ def set_subreaper(enabled: bool) -> bool:
 
 
 def children() -> list[int]:
-    """The PIDs of this process's children (it has one thread: a supervisor's)."""
-    try:
-        with open(f"/proc/self/task/{os.getpid()}/children") as listing:
-            return [int(word) for word in listing.read().split()]
-    except OSError:
-        return []
+    """The PIDs of this process's children (listed by the thread that is their parent)."""
+    pids: list[int] = []
+    for thread in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{thread}/children") as listing:
+                pids += [int(word) for word in listing.read().split()]
+        except OSError:  # the thread ended
+            continue
+    return pids
 
 
 def reap_orphans(ours: Collection[int]) -> None:

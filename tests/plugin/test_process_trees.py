@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
@@ -51,16 +51,31 @@ def marked_processes(mark: str) -> list[psutil.Process]:
     return found
 
 
-def run(pytester: pytest.Pytester, source: str, *args: str, helpers: str = "") -> pytest.RunResult:
-    pytester.makepyfile(test_suite=helpers + textwrap.dedent(source) + FOLLOWER)
-    return pytester.runpytest_subprocess(*ARGS, *args, timeout=120)
+@pytest.fixture(params=["serial", "xdist"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Each scenario runs serially (supervised) and under pytest-xdist."""
+    if request.param == "xdist":
+        pytest.importorskip("xdist")
+    return str(request.param)
 
 
-def test_a_hung_child_of_an_interrupted_test_is_ended_with_it(
-    pytester: pytest.Pytester, marked: str
-) -> None:
+Run = Callable[..., pytest.RunResult]
+
+
+@pytest.fixture
+def run(pytester: pytest.Pytester, mode: str) -> Run:
+    """Run a session of ``source`` (and a test that must pass), serially or with 2 workers."""
+
+    def run(source: str, *args: str, helpers: str = "") -> pytest.RunResult:
+        pytester.makepyfile(test_suite=helpers + textwrap.dedent(source) + FOLLOWER)
+        workers = ("-n", "2") if mode == "xdist" else ()
+        return pytester.runpytest_subprocess(*ARGS, *workers, *args, timeout=120)
+
+    return run
+
+
+def test_a_hung_child_of_an_interrupted_test_is_ended_with_it(run: Run, marked: str) -> None:
     result = run(
-        pytester,
         """
         import subprocess
 
@@ -80,9 +95,8 @@ def test_a_hung_child_of_an_interrupted_test_is_ended_with_it(
     assert "processes the tests left running" not in result.stdout.str()
 
 
-def test_a_child_that_ignores_sigterm_is_killed(pytester: pytest.Pytester, marked: str) -> None:
+def test_a_child_that_ignores_sigterm_is_killed(run: Run, marked: str) -> None:
     result = run(
-        pytester,
         """
         import subprocess
 
@@ -101,13 +115,10 @@ def test_a_child_that_ignores_sigterm_is_killed(pytester: pytest.Pytester, marke
     )
 
 
-def test_a_grandchild_holding_the_output_pipe_is_ended(
-    pytester: pytest.Pytester, marked: str
-) -> None:
+def test_a_grandchild_holding_the_output_pipe_is_ended(run: Run, marked: str) -> None:
     # The child ends at once; the grandchild keeps its end of the pipe, so
     # the test's read of the child's output never ends.
     result = run(
-        pytester,
         """
         import subprocess
 
@@ -116,16 +127,17 @@ def test_a_grandchild_holding_the_output_pipe_is_ended(
         """,
     )
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["process * (sleep 1000), started during *: ended by SIGTERM"])
+    # Serially at the test's end; under xdist, once it left the worker's tree,
+    # at the session's end (see test_a_daemon_started_by_a_killed_test_dies_with_it).
+    result.stdout.fnmatch_lines(["process * (sleep 1000)*: ended by SIGTERM"])
 
 
 def test_a_hung_multiprocessing_child_does_not_hang_the_session_at_exit(
-    pytester: pytest.Pytester, marked: str
+    run: Run, marked: str
 ) -> None:
     # multiprocessing joins its non-daemon children as the process exits: a
     # hung one that outlived its test would hang the run after its summary.
     result = run(
-        pytester,
         """
         import multiprocessing, time
 
@@ -149,6 +161,16 @@ def test_a_hung_multiprocessing_child_does_not_hang_the_session_at_exit(
     )
 
 
+def during(mode: str, test: str) -> str:
+    """How a non-Python daemon that left the tree is attributed to ``test`` when listed.
+
+    Serially by when it started; under xdist the controller, whose child it
+    became, ends it with the workers' leftovers, but does not know the
+    workers' tests.
+    """
+    return f", started during test_suite.py::{test}" if mode == "serial" else ""
+
+
 DAEMON = """
 import subprocess, time
 
@@ -164,10 +186,9 @@ def start_daemon(seconds):
 
 
 def test_a_daemon_a_passing_test_leaked_is_ended_when_the_session_ends(
-    pytester: pytest.Pytester, marked: str
+    run: Run, mode: str, marked: str
 ) -> None:
     result = run(
-        pytester,
         """
         def test_leaks_a_daemon():
             start_daemon(1001)
@@ -179,16 +200,16 @@ def test_a_daemon_a_passing_test_leaked_is_ended_when_the_session_ends(
     result.stdout.fnmatch_lines(
         [
             "*- processes the tests left running -*",
-            "process * (sleep 1001), started during test_suite.py::test_leaks_a_daemon: "
-            "ended by SIGTERM",
+            f"process * (sleep 1001){during(mode, 'test_leaks_a_daemon')}: ended by SIGTERM",
         ]
     )
 
 
-def test_leftovers_only_listed_when_told(pytester: pytest.Pytester, marked: str) -> None:
+def test_leftovers_only_listed_when_told(
+    pytester: pytest.Pytester, run: Run, mode: str, marked: str
+) -> None:
     pytester.makeini("[pytest]\nexpire_leftovers = list\n")
     result = run(
-        pytester,
         """
         def test_leaks_a_daemon():
             start_daemon(1002)
@@ -197,7 +218,7 @@ def test_leftovers_only_listed_when_told(pytester: pytest.Pytester, marked: str)
     )
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
-        ["process * (sleep 1002), started during test_suite.py::test_leaks_a_daemon: left running"]
+        [f"process * (sleep 1002){during(mode, 'test_leaks_a_daemon')}: left running"]
     )
     left = marked_processes(marked)
     assert [process.cmdline() for process in left] == [["sleep", "1002"]]
@@ -214,13 +235,13 @@ def test_a_bad_leftovers_setting_is_a_usage_error(pytester: pytest.Pytester) -> 
     result.stderr.fnmatch_lines(["*expire_leftovers: 'kill' is not one of end, list*"])
 
 
-def test_a_daemon_started_by_a_killed_test_dies_with_it(
-    pytester: pytest.Pytester, marked: str
-) -> None:
+def test_a_daemon_started_by_a_killed_test_dies_with_it(run: Run, mode: str, marked: str) -> None:
     # The test's process is killed; the daemon it started left its tree at
-    # once, and is found as a child of the supervisor (a subreaper).
+    # once. Serially it is found as a child of the supervisor (a subreaper)
+    # and killed with the test; under xdist it became the controller's child,
+    # which ends it when the session ends (a controller's children are also
+    # the workers: it does not tell them apart from a test's while they run).
     result = run(
-        pytester,
         """
         import signal, time
 
@@ -232,18 +253,21 @@ def test_a_daemon_started_by_a_killed_test_dies_with_it(
         helpers=DAEMON,
     )
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(
-        ["*did not stop when interrupted*", "*--- process * sleep 1003 ---*"]
-    )
-    assert "processes the tests left running" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["*did not stop when interrupted*"])
+    if mode == "serial":
+        result.stdout.fnmatch_lines(["*--- process * sleep 1003 ---*"])
+        assert "processes the tests left running" not in result.stdout.str()
+    else:
+        result.stdout.fnmatch_lines(
+            ["*- processes the tests left running -*", "process * (sleep 1003): ended by SIGTERM"]
+        )
 
 
-def test_a_childs_own_deadline_is_reported_with_its_stacks(pytester: pytest.Pytester) -> None:
+def test_a_childs_own_deadline_is_reported_with_its_stacks(run: Run) -> None:
     # A test wraps its child in `expires` through the session's watchdog (its
     # address is in the child's environment): at the child's deadline, the
     # child's stacks reach the session and the test's report.
     result = run(
-        pytester,
         '''
         import signal, subprocess, sys
         import pytest
@@ -289,15 +313,15 @@ def test_a_process_started_after_the_last_test_is_ended_too(
 ) -> None:
     # Started by an exit handler a test registered, after the session's own
     # look at its processes: the supervisor, whose child it became, ends it.
-    result = run(
-        pytester,
-        """
+    # (Serial only: a supervisor's end.)
+    source = """
         import atexit, subprocess
 
         def test_registers_an_exit_handler():
             atexit.register(lambda: subprocess.Popen(["setsid", "sleep", "1004"]))
-        """,
-    )
+        """
+    pytester.makepyfile(test_suite=textwrap.dedent(source) + FOLLOWER)
+    result = pytester.runpytest_subprocess(*ARGS, timeout=120)
     result.assert_outcomes(passed=2)
     assert result.ret == 0
     result.stderr.fnmatch_lines(
