@@ -11,9 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pytest_expire import native_stacks
+
+#: Put into the environment of a session under test (see the ``marked`` fixture):
+#: every process it starts carries it, wherever it went.
+MARK = "PYTEST_EXPIRE_TEST_MARK"
 
 
 def wait_until_exists(path: Path, seconds: float) -> None:
@@ -108,3 +113,17 @@ def skip_unless_py_spy_reads_processes() -> None:
     if probe.returncode != 0:
         reason = (probe.stderr or probe.stdout).strip().partition("\n")[0]
         pytest.skip(f"py-spy cannot read a process here: {reason}")
+
+
+def marked_processes(mark: str) -> list[psutil.Process]:
+    """The running processes whose environment carries ``mark`` (zombies ended already)."""
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if process.pid == os.getpid() or process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if process.environ().get(MARK) == mark:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found

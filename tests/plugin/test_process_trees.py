@@ -10,45 +10,14 @@ leaves the tree), and killed by PID.
 
 from __future__ import annotations
 
-import os
 import textwrap
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import psutil
 import pytest
-from snippets import FOLLOWER
+from snippets import FOLLOWER, marked_processes
 
 ARGS = ("--expire-default=1", "--expire-grace=1", "-rA", "-p", "no:randomly")
-MARK = "PYTEST_EXPIRE_TEST_MARK"
-
-
-@pytest.fixture
-def marked(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A mark in the environment of the session under test and of every process it starts;
-    the test fails if a marked process outlives it (each is killed, by PID)."""
-    mark = uuid.uuid4().hex
-    monkeypatch.setenv(MARK, mark)
-    yield mark
-    left = marked_processes(mark)
-    for process in left:
-        process.kill()
-    psutil.wait_procs(left, timeout=5)
-    assert not left, f"processes outlived the session: {[p.info for p in left]}"
-
-
-def marked_processes(mark: str) -> list[psutil.Process]:
-    """The running processes whose environment carries ``mark`` (zombies ended already)."""
-    found = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if process.pid == os.getpid() or process.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if process.environ().get(MARK) == mark:
-                found.append(process)
-        except psutil.Error:
-            continue
-    return found
 
 
 @pytest.fixture(params=["serial", "xdist"])

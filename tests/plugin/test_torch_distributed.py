@@ -17,17 +17,11 @@ of them does not pay for it.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 import textwrap
-import uuid
 import warnings
-from collections.abc import Iterator
-from pathlib import Path
 
-import psutil
 import pytest
 from snippets import FOLLOWER
 
@@ -47,7 +41,6 @@ SERIALLY_AND_UNDER_XDIST = pytest.mark.parametrize(
         pytest.param(("-n", "2", "--dist", "loadfile"), id="xdist"),
     ],
 )
-MARK = "PYTEST_EXPIRE_TEST_MARK"
 TEST = "test_suite.py::test_collective_never_completes"
 
 RANKS = """
@@ -122,45 +115,6 @@ def _torch_with_gloo() -> None:
         pytest.skip("this torch build has no torch.distributed")
     if not dist.is_gloo_available():
         pytest.skip("this torch build has no gloo backend")
-
-
-@pytest.fixture
-def marked(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A mark in the environment of the session under test and of every process it starts,
-    and a temp directory of its own (short: the watchdog's socket lives in it).
-
-    The test fails if a marked process outlives it (each is killed, by PID) or if a
-    session directory is left in the temp directory.
-    """
-    mark = uuid.uuid4().hex
-    temp_dir = Path(tempfile.mkdtemp(prefix="torch-"))
-    monkeypatch.setenv(MARK, mark)
-    monkeypatch.setenv("TMPDIR", str(temp_dir))
-    yield mark
-    left = marked_processes(mark)
-    # A process killed just now may still be on its way out.
-    _, alive = psutil.wait_procs(left, timeout=3)
-    for process in alive:
-        process.kill()
-    psutil.wait_procs(alive, timeout=5)
-    session_directories = list(temp_dir.glob("pytest-expire-*"))
-    shutil.rmtree(temp_dir, ignore_errors=True)
-    assert not alive, f"processes outlived the session: {[p.info for p in alive]}"
-    assert not session_directories, f"left in the temp directory: {session_directories}"
-
-
-def marked_processes(mark: str) -> list[psutil.Process]:
-    """The running processes whose environment carries ``mark`` (zombies ended already)."""
-    found = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if process.pid == os.getpid() or process.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if process.environ().get(MARK) == mark:
-                found.append(process)
-        except psutil.Error:
-            continue
-    return found
 
 
 def run(pytester: pytest.Pytester, test: str, *args: str) -> tuple[pytest.RunResult, int]:
