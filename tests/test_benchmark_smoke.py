@@ -54,3 +54,12 @@ def test_suite_overhead_benchmark_runs_every_part() -> None:
     # Every case produced its one sample, with the stacks of the hung test.
     assert all(" | 1 | " in line and "1/1 show the test" in line for line in latency), latency
     assert "- none: no leftovers, no failed run" in lines, done.stdout
+
+
+def test_xdist_benchmark_runs_every_variant() -> None:
+    script = SCRIPT.parent / "xdist_overhead.py"
+    command = [sys.executable, str(script), "--tests", "20", "--rounds", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][2:]
+    assert [row.split("|")[1].strip() for row in rows][:3] == ["bare", "expire-idle", "expire"]
