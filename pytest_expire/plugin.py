@@ -267,14 +267,14 @@ class ExpirePlugin:
         (a fixture of a wider scope may own it); the rest is ended. Said in a
         section of the teardown report, which pytest shows with the failure.
         """
-        assert self.link is not None
-        if not self.link.page.take_joined() and deadline.expired_in is None:
+        link = self.link
+        assert link is not None
+        if not link.page.take_joined() and deadline.expired_in is None:
             return
-        expiries = take_child_expiries(self.link.directory, os.getpid())
+        expiries = take_child_expiries(link.directory, os.getpid())
         if expiries:
             title = f"expired timers of processes {report.nodeid} started (found at teardown)"
             report.sections.append((title, expiries))
-        link = self.link
         children = offspring.attribute(
             offspring.of_test(link.directory, os.getpid(), link.page.test_started()),
             link.test_starts,
