@@ -80,6 +80,6 @@ def _descends_from(process: psutil.Process, pid: int) -> bool:
 
 def _command_line(process: psutil.Process) -> str:
     try:
-        return " ".join(process.cmdline()) or process.name()
+        return offspring.command_line(process)
     except psutil.Error:
         return "?"

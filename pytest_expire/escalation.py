@@ -25,7 +25,6 @@ process connected, so none reaches a process that reused its PID.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import select
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pytest_expire import diagnose, offspring
-from pytest_expire.signals import INTERRUPT_SIGNAL, handles
+from pytest_expire.signals import INTERRUPT_SIGNAL, handles, send
 from pytest_expire.timer import debug_info_logging
 from pytest_expire.timer.file_based_local_timer import FileTimerRequest
 from pytest_expire.timer.unix_socket_timer import UnixSocketTimerServer
@@ -164,7 +163,7 @@ class Escalation:
         if page.armed() != token:
             return
         if handles(pid, INTERRUPT_SIGNAL):
-            _send(pidfd, INTERRUPT_SIGNAL)
+            send(pidfd, INTERRUPT_SIGNAL)
         if not self._ends_within_grace(expiry):
             self._kill(expiry)
 
@@ -186,9 +185,9 @@ class Escalation:
         text = diagnose.stacks_of_test(self.directory, pid, since, native=True)
         # Stopped first: it cannot end the test (and report it passed) while
         # its children die, and the page cannot change any more.
-        _send(pidfd, signal.SIGSTOP)
+        send(pidfd, signal.SIGSTOP)
         if page.armed() != token:
-            _send(pidfd, signal.SIGCONT)  # it ended the test while its stacks were read
+            send(pidfd, signal.SIGCONT)  # it ended the test while its stacks were read
             return
         write_diagnosis(self.directory, pid, token, text, killed=True)
         killing = (
@@ -199,7 +198,7 @@ class Escalation:
         # is the last the user hears of the session.
         notice(killing if is_supervised(self.directory) else f"{killing}. Its stacks:\n{text}")
         diagnose.kill_tree(self.directory, pid, since)
-        _send(pidfd, signal.SIGKILL)
+        send(pidfd, signal.SIGKILL)
 
 
 class _Expiry(NamedTuple):
@@ -225,8 +224,3 @@ def _wait_until(when: float, expiry: _Expiry) -> bool:
         if readable:
             return False
     return False
-
-
-def _send(pidfd: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        signal.pidfd_send_signal(pidfd, signum)

@@ -25,7 +25,6 @@ again after pytester's in-process runs, which unload what they imported).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import signal
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from pytest_expire import registry
+from pytest_expire.signals import send
 from pytest_expire.verdict import monotonic_clock, page_path, start_time
 from pytest_expire.watchdog import helpers_path, reaper_path
 
@@ -114,7 +114,7 @@ def _families(
             try:
                 if started is None or process.status() == psutil.STATUS_ZOMBIE:
                     continue  # ended (a zombie waits for its parent, which it may never get)
-                command = " ".join(process.cmdline()) or process.name()
+                command = command_line(process)
             except psutil.Error:
                 continue
             entry = entries.get(process.pid)
@@ -184,10 +184,10 @@ def end(offspring: list[Offspring], patience: float = TERMINATE_PATIENCE) -> lis
             opened.append((child, pidfd))
     try:
         for _, pidfd in opened:
-            _send(pidfd, signal.SIGTERM)
+            send(pidfd, signal.SIGTERM)
         stubborn = _still_running({pidfd for _, pidfd in opened}, patience)
         for pidfd in stubborn:
-            _send(pidfd, signal.SIGKILL)
+            send(pidfd, signal.SIGKILL)
         # Gone before this returns: a process still dying would be found again.
         _still_running(stubborn, patience)
         return [
@@ -223,7 +223,7 @@ def kill(offspring: list[Offspring]) -> None:
     for child in reversed(offspring):
         pidfd = _open(child)
         if pidfd is not None:
-            _send(pidfd, signal.SIGKILL)
+            send(pidfd, signal.SIGKILL)
             os.close(pidfd)
 
 
@@ -239,16 +239,16 @@ def _open(child: Offspring) -> int | None:
     return pidfd
 
 
-def _send(pidfd: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        signal.pidfd_send_signal(pidfd, signum)
-
-
 def _read_pids(path: Path) -> list[int]:
     try:
         return [int(word) for word in path.read_text().split()]
     except (FileNotFoundError, ValueError):
         return []
+
+
+def command_line(process: psutil.Process) -> str:
+    """How ``process`` was started, as a line (its name if it has no command line)."""
+    return " ".join(process.cmdline()) or process.name()
 
 
 def _shortened(command: str, limit: int = 200) -> str:

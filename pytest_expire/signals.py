@@ -11,6 +11,7 @@ importing pytest.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 
 #: faulthandler writes the stacks of every thread of the process to its dump file.
@@ -45,3 +46,9 @@ def name(signum: int) -> str:
     if signal.SIGRTMIN <= signum <= signal.SIGRTMAX:
         return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
     return f"signal {signum}"
+
+
+def send(pidfd: int, signum: int) -> None:
+    """Send ``signum`` through ``pidfd``: to the process it was opened on, or (gone) none."""
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(pidfd, signum)
