@@ -296,3 +296,60 @@ def test_a_process_started_after_the_last_test_is_ended_too(
     result.stderr.fnmatch_lines(
         ["pytest-expire: left running after the session: process * (sleep 1004): ended by SIGTERM"]
     )
+
+
+HANG = """
+import time
+
+def hang(*args):
+    time.sleep(1000)
+"""
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(
+            """
+            import multiprocessing
+            queue = multiprocessing.get_context("spawn").Queue()
+            child = multiprocessing.get_context("spawn").Process(target=queue.get)
+            child.start()
+            child.join()
+            """,
+            id="spawn child on a queue",
+        ),
+        pytest.param(
+            """
+            import multiprocessing
+            with multiprocessing.get_context("forkserver").Pool(2) as pool:
+                pool.apply(hang)
+            """,
+            id="Pool",
+        ),
+        pytest.param(
+            """
+            from concurrent.futures import ProcessPoolExecutor
+            with ProcessPoolExecutor(1) as executor:
+                executor.submit(hang).result()
+            """,
+            id="ProcessPoolExecutor",
+        ),
+        pytest.param(
+            """
+            import subprocess, sys
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"]).wait()
+            """,
+            id="Popen of Python",
+        ),
+    ],
+)
+def test_a_hung_pool_or_child_ends_with_its_test(run: Run, marked: str, body: str) -> None:
+    # Whether the interrupt lands (and the processes are ended after the
+    # teardown) or not (ProcessPoolExecutor's exit waits for its hung worker:
+    # the test's process is killed with its tree), the test fails as
+    # expired, the next one passes, and nothing is left (the marked fixture).
+    source = "def test_hangs_in_its_children():\n" + textwrap.indent(textwrap.dedent(body), "    ")
+    result = run(source, helpers=HANG)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_hangs_in_its_children expired after 1 s (in call)*"])
