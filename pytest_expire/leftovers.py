@@ -34,6 +34,15 @@ def settle(found: list[offspring.Offspring], end: bool) -> list[str]:
     return [f"{child.describe()}: left running" for child in found]
 
 
+def settle_adopted(keep: set[int], end: bool) -> list[str]:
+    """:func:`settle` the children this process adopted as the session's child subreaper,
+    less ``keep`` (its own: helpers, workers), reaping those that ended."""
+    reaper.reap_orphans(keep)
+    lines = settle(offspring.of_pids([pid for pid in reaper.children() if pid not in keep]), end)
+    reaper.reap_orphans(keep)
+    return lines
+
+
 def write(terminalreporter: pytest.TerminalReporter, lines: list[str]) -> None:
     """The terminal summary's section on the processes the tests left running."""
     if lines:
@@ -78,10 +87,7 @@ class ControllerLeftovers:
         helpers = set(offspring.helper_pids(self.directory))
         # An xdist worker joined the session with no test to name: not a leftover.
         workers = {entry.pid for entry in registry.entries(self.directory) if not entry.owner}
-        reaper.reap_orphans(helpers)
-        left = offspring.of_pids([p for p in reaper.children() if p not in helpers | workers])
-        self.lines += settle(left, self.end)
-        reaper.reap_orphans(helpers)
+        self.lines += settle_adopted(helpers | workers, self.end)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         write(terminalreporter, self.lines)

@@ -43,7 +43,7 @@ from types import ModuleType
 
 import pytest
 
-from pytest_expire import reaper, worker
+from pytest_expire import leftovers, reaper, worker
 from pytest_expire.exits import how_it_ended
 from pytest_expire.records import TestRecord, read_flags, read_records
 from pytest_expire.settings import DEADLINE, from_config
@@ -234,15 +234,8 @@ class Supervisor:
         if not self.end_leftovers:
             return
         ours = {self.watchdog.pid} if self.watchdog is not None else set()
-        reaper.reap_orphans(ours)
-        pids = [pid for pid in reaper.children() if pid not in ours]
-        if not pids:
-            return
-        from pytest_expire import offspring  # reads /proc: imported when needed
-
-        for line in offspring.end(offspring.of_pids(pids)):
+        for line in leftovers.settle_adopted(ours, end=True):
             notice(f"left running after the session: {line}")
-        reaper.reap_orphans(ours)
 
     def _run_worker(self, spec: worker.Worker) -> tuple[int, int]:
         """Fork a worker and wait for its end: its PID and wait status."""
