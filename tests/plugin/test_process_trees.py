@@ -10,6 +10,10 @@ leaves the tree), and killed by PID.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 
@@ -322,6 +326,16 @@ def hang(*args):
         pytest.param(
             """
             import multiprocessing
+            queue = multiprocessing.get_context("forkserver").Queue()
+            child = multiprocessing.get_context("forkserver").Process(target=queue.get)
+            child.start()
+            child.join()
+            """,
+            id="forkserver child on a queue",
+        ),
+        pytest.param(
+            """
+            import multiprocessing
             with multiprocessing.get_context("forkserver").Pool(2) as pool:
                 pool.apply(hang)
             """,
@@ -342,6 +356,20 @@ def hang(*args):
             """,
             id="Popen of Python",
         ),
+        pytest.param(
+            """
+            import subprocess, sys
+            subprocess.run([sys.executable, "-c", "import time; time.sleep(1000)"])
+            """,
+            id="subprocess.run of Python",
+        ),
+        pytest.param(
+            """
+            import subprocess
+            subprocess.run(["bash", "-c", "sleep 1000 & wait"])
+            """,
+            id="bash sleep and wait",
+        ),
     ],
 )
 def test_a_hung_pool_or_child_ends_with_its_test(run: Run, marked: str, body: str) -> None:
@@ -353,3 +381,49 @@ def test_a_hung_pool_or_child_ends_with_its_test(run: Run, marked: str, body: st
     result = run(source, helpers=HANG)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*test_hangs_in_its_children expired after 1 s (in call)*"])
+
+
+OUTPUT_HOLDERS = """
+import os, subprocess, time
+
+def test_forks_a_python_daemon():
+    # Double-forked: the daemon keeps every descriptor of the test's process,
+    # pytest's saved copy of its output among them.
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            time.sleep(1005)
+        os._exit(0)
+    os.wait()
+
+def test_starts_a_daemon_on_its_output():
+    # Not captured (-s): the daemon's output is the session's.
+    subprocess.run(["bash", "-c", "setsid sleep 1006 &"], check=True)
+"""
+
+
+def test_no_process_holds_the_sessions_output_open(
+    pytester: pytest.Pytester, mode: str, marked: str
+) -> None:
+    # `pytest | tee`: the pipe ends when no process holds its write end. A
+    # daemon a test left behind must not keep the CI job's log open.
+    pytester.makepyfile(test_suite=OUTPUT_HOLDERS + FOLLOWER)
+    workers = ("-n", "2") if mode == "xdist" else ()
+    command = [sys.executable, "-m", "pytest", *ARGS, "-s", *workers]
+    session = subprocess.Popen(
+        command,
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = session.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(session.pid, signal.SIGKILL)
+        output, _ = session.communicate()
+        pytest.fail(f"the session's output was still open a minute later:\n{output}")
+    assert session.returncode == 0, output
+    assert "3 passed" in output, output
+    assert "processes the tests left running" in output, output
