@@ -15,8 +15,10 @@ of the session, in three places:
 
 A process is the running test's if it started after the test did (the
 verdict page holds when: ``verdict.boot_ticks``); a registered one says
-which test it started in. Nothing here runs per test unless the test
-started processes: finding them reads ``/proc``, which costs milliseconds.
+which test it started in, and so does the environment any other one was
+started with (pytest's ``PYTEST_CURRENT_TEST``), wherever it went.
+Nothing here runs per test unless the test started processes: finding
+them reads ``/proc``, which costs milliseconds.
 Processes are signalled through pidfds opened while their start time was
 checked, never by a PID alone, never by name. psutil is imported where it is
 used: a test process imports it only once its tests start processes (and
@@ -51,7 +53,8 @@ class Offspring(NamedTuple):
     started: int
     #: Its command line when found (an ended process has none to read).
     command: str
-    #: The test it started in, "NODEID (PHASE)" if it joined the session; else "".
+    #: The test it started in, "NODEID (PHASE)", as it said when it joined the session
+    #: or as its environment says; "" if neither does.
     test: str
 
     def describe(self) -> str:
@@ -118,9 +121,25 @@ def _families(
             except psutil.Error:
                 continue
             entry = entries.get(process.pid)
-            test = entry.test if entry is not None and entry.started == started else ""
+            if entry is not None and entry.started == started:
+                test = entry.test
+            else:
+                test = _test_in_environment(process)
             found[process.pid] = Offspring(process, started, command, test)
     return sorted(found.values(), key=lambda child: child.started)
+
+
+def _test_in_environment(process: psutil.Process) -> str:
+    """The test a process that did not join was started in, "NODEID (PHASE)", as the
+    environment it was started with says (pytest's ``PYTEST_CURRENT_TEST``, which
+    every process a test starts inherits, and keeps wherever it goes); "" if none.
+    """
+    import psutil
+
+    try:
+        return process.environ().get(registry.CURRENT_TEST_ENV, "")
+    except psutil.Error:
+        return ""
 
 
 def owner_of(directory: Path, pid: int) -> registry.Entry | None:

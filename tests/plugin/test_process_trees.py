@@ -134,14 +134,11 @@ def test_a_hung_multiprocessing_child_does_not_hang_the_session_at_exit(
     )
 
 
-def during(mode: str, test: str) -> str:
-    """How a non-Python daemon that left the tree is attributed to ``test`` when listed.
-
-    Serially by when it started; under xdist the controller, whose child it
-    became, ends it with the workers' leftovers, but does not know the
-    workers' tests.
-    """
-    return f", started during test_suite.py::{test}" if mode == "serial" else ""
+def during(test: str) -> str:
+    """How a non-Python daemon that left the tree is attributed to ``test`` when listed:
+    by the environment it was started with, serially and under xdist (where it became
+    the controller's child, which does not know the workers' tests)."""
+    return f", started during test_suite.py::{test} (call)"
 
 
 DAEMON = """
@@ -159,7 +156,7 @@ def start_daemon(seconds):
 
 
 def test_a_daemon_a_passing_test_leaked_is_ended_when_the_session_ends(
-    run: Run, mode: str, marked: str
+    run: Run, marked: str
 ) -> None:
     result = run(
         """
@@ -173,14 +170,12 @@ def test_a_daemon_a_passing_test_leaked_is_ended_when_the_session_ends(
     result.stdout.fnmatch_lines(
         [
             "*- processes the tests left running -*",
-            f"process * (sleep 1001){during(mode, 'test_leaks_a_daemon')}: ended by SIGTERM",
+            f"process * (sleep 1001){during('test_leaks_a_daemon')}: ended by SIGTERM",
         ]
     )
 
 
-def test_leftovers_only_listed_when_told(
-    pytester: pytest.Pytester, run: Run, mode: str, marked: str
-) -> None:
+def test_leftovers_only_listed_when_told(pytester: pytest.Pytester, run: Run, marked: str) -> None:
     pytester.makeini("[pytest]\nexpire_leftovers = list\n")
     result = run(
         """
@@ -191,7 +186,7 @@ def test_leftovers_only_listed_when_told(
     )
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
-        [f"process * (sleep 1002){during(mode, 'test_leaks_a_daemon')}: left running"]
+        [f"process * (sleep 1002){during('test_leaks_a_daemon')}: left running"]
     )
     left = marked_processes(marked)
     assert [process.cmdline() for process in left] == [["sleep", "1002"]]
@@ -232,7 +227,11 @@ def test_a_daemon_started_by_a_killed_test_dies_with_it(run: Run, mode: str, mar
         assert "processes the tests left running" not in result.stdout.str()
     else:
         result.stdout.fnmatch_lines(
-            ["*- processes the tests left running -*", "process * (sleep 1003): ended by SIGTERM"]
+            [
+                "*- processes the tests left running -*",
+                f"process * (sleep 1003){during('test_starts_a_daemon_and_ignores_its_interrupt')}"
+                ": ended by SIGTERM",
+            ]
         )
 
 
