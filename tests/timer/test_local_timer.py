@@ -172,10 +172,12 @@ def start_host(deadline: float) -> tuple[subprocess.Popen[str], int]:
 
 def test_a_watchdog_process_kills_its_own_host_wedged_in_c_code() -> None:
     host, watchdog_pid = start_host(0.5)
+    # Taken now: once its host is gone, the watchdog may be gone before a look-up.
+    watchdog = psutil.Process(watchdog_pid)
     try:
         assert host.wait(timeout=15) == -signal.SIGKILL
         # With its host gone, the watchdog process ends too.
-        psutil.Process(watchdog_pid).wait(timeout=10)
+        watchdog.wait(timeout=10)
     finally:
         host.kill()
         host.wait()
