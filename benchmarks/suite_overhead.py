@@ -351,7 +351,8 @@ def pytest_runtest_protocol(item, nextitem):
 
 def pytest_runtest_logreport(report):
     now = time.time()
-    stacks = "".join(text for title, text in report.sections if title.startswith("expired:"))
+    sections = getattr(report.longrepr, "sections", [])
+    stacks = "".join(text for title, text, *_ in sections if title.startswith("expired:"))
     _write(
         {{
             "event": "report",

@@ -30,7 +30,7 @@ def stacks_of_test(directory: Path, pid: int, since: int, native: bool = False) 
     except psutil.Error:
         return f"process {pid} is gone\n"
     processes += [child.process for child in offspring.of_test(directory, pid, since)]
-    return _stacks(directory, processes, native=[pid] if native else [])
+    return _stacks(directory, processes, native=[pid] if native else [], test_process=pid)
 
 
 def stacks_of(directory: Path, pid: int) -> str:
@@ -41,15 +41,19 @@ def stacks_of(directory: Path, pid: int) -> str:
         return f"process {pid} is gone\n"
 
 
-def _stacks(directory: Path, processes: list[psutil.Process], native: list[int]) -> str:
-    """The stacks of ``processes`` (native frames too for those in ``native``), one text."""
+def _stacks(
+    directory: Path, processes: list[psutil.Process], native: list[int], test_process: int = 0
+) -> str:
+    """The stacks of ``processes`` (native frames too for those in ``native``), one text,
+    each process under a header that ``dumps`` parses."""
     pids = [process.pid for process in processes]
     dumps = stacks.collect(directory, pids)
     spied = native_stacks.dump([p for p in pids if p not in dumps], native=native)
     # A process's own dump first, then what py-spy read of it.
     texts = {p: dumps.get(p, "") + spied.get(p, "") for p in dumps.keys() | spied.keys()}
     return "\n".join(
-        f"--- process {process.pid}: {_command_line(process)} ---\n"
+        f"--- process {process.pid} ({_role(process, test_process)}): "
+        f"{_command_line(process)} ---\n"
         f"{texts.get(process.pid, _UNREGISTERED)}"
         for process in processes
     )
@@ -76,6 +80,16 @@ def _descends_from(process: psutil.Process, pid: int) -> bool:
         return any(parent.pid == pid for parent in process.parents())
     except psutil.Error:
         return False
+
+
+def _role(process: psutil.Process, test_process: int) -> str:
+    """Which process it is, in its header: the test's or not, and its parent's PID."""
+    try:
+        parent = process.ppid()
+    except psutil.Error:
+        parent = 0
+    role = "the test's process, " if process.pid == test_process else ""
+    return f"{role}parent {parent}"
 
 
 def _command_line(process: psutil.Process) -> str:

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from pytest_expire import diagnose, offspring
+from pytest_expire import diagnose, dumps, offspring
 from pytest_expire.signals import INTERRUPT_SIGNAL, handles, send
 from pytest_expire.timer import debug_info_logging
 from pytest_expire.timer.file_based_local_timer import FileTimerRequest
@@ -196,7 +196,10 @@ class Escalation:
         )
         # Supervised, the stacks go into the test's report; otherwise this
         # is the last the user hears of the session.
-        notice(killing if is_supervised(self.directory) else f"{killing}. Its stacks:\n{text}")
+        if is_supervised(self.directory):
+            notice(killing)
+        else:
+            notice(f"{killing}. Its stacks:\n{dumps.render(dumps.parse(text))}")
         diagnose.kill_tree(self.directory, pid, since)
         send(pidfd, signal.SIGKILL)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-from pytest_expire.settings import format_seconds
 from pytest_expire.signals import name as signal_name
 
 
@@ -21,21 +20,3 @@ def how_it_ended(status: int, when: str) -> str:
     if os.WIFSIGNALED(status):
         return f"died {when} ({signal_name(os.WTERMSIG(status))})"
     return f"exited with status {os.waitstatus_to_exitcode(status)} {when}"
-
-
-def killed_at_deadline(
-    nodeid: str, seconds: float | None, phase: str, grace: float
-) -> tuple[str, str]:
-    """What the report of a test killed past its deadline says: its message, and the
-    title of the stacks taken at the kill.
-
-    One wording, whoever reports the kill: the supervisor's next worker
-    (``replay``) or an xdist controller (``xdist_support``). ``seconds`` is
-    None where the test's deadline is not known.
-    """
-    after = format_seconds(seconds) if seconds is not None else "its deadline"
-    message = (
-        f"{nodeid} expired after {after} (in {phase}); it did not stop when interrupted "
-        f"and its process was killed {format_seconds(grace)} later"
-    )
-    return message, f"expired: {nodeid} after {after}"

@@ -36,6 +36,7 @@ from types import FrameType
 from _pytest.outcomes import Failed
 from _pytest.runner import CallInfo
 
+from pytest_expire.report import headline
 from pytest_expire.signals import INTERRUPT_SIGNAL
 from pytest_expire.verdict import VerdictPage
 
@@ -71,6 +72,7 @@ class Deadline:
         "setup_ended",
         "spent",
         "token",
+        "yields_to_debugger",
     )
 
     def __init__(self, nodeid: str, seconds: float, token: float) -> None:
@@ -88,9 +90,12 @@ class Deadline:
         #: When its test's setup ended (``verdict.boot_ticks``): a process started
         #: before may belong to a fixture of a wider scope.
         self.setup_ended = 0
+        #: Whether a debugger found attached to its test stops its clock (not with
+        #: --expire-disable-debugger-detection: then the debugged test is interrupted).
+        self.yields_to_debugger = True
 
     def message(self) -> str:
-        return f"{self.nodeid} expired after {self.seconds:g} s (in {self.expired_in})"
+        return headline(self.nodeid, self.seconds, self.expired_in or "test")
 
 
 #: The deadlines armed in this process, innermost last: a pytest session run
@@ -140,7 +145,7 @@ def _on_interrupt(signum: int, frame: FrameType | None) -> None:
     deadline = expired_deadline()
     if deadline is None or deadline.paused or deadline.spent or deadline.expired_in is not None:
         return
-    if _debugger_attached():
+    if deadline.yields_to_debugger and _debugger_attached():
         deadline.paused = True
         if on_debugger is not None:
             on_debugger(deadline)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from pytest_expire import registry
+from pytest_expire.dumps import shortened
 from pytest_expire.signals import send
 from pytest_expire.verdict import monotonic_clock, page_path, start_time
 from pytest_expire.watchdog import helpers_path, reaper_path
@@ -60,7 +61,7 @@ class Offspring(NamedTuple):
     def describe(self) -> str:
         """One line for a report: which process, running what, started when."""
         during = f", started during {self.test}" if self.test else ""
-        return f"process {self.process.pid} ({_shortened(self.command)}){during}"
+        return f"process {self.process.pid} ({shortened(self.command)}){during}"
 
 
 def of_test(directory: Path, pid: int, since: int) -> list[Offspring]:
@@ -266,9 +267,6 @@ def _read_pids(path: Path) -> list[int]:
 
 
 def command_line(process: psutil.Process) -> str:
-    """How ``process`` was started, as a line (its name if it has no command line)."""
-    return " ".join(process.cmdline()) or process.name()
-
-
-def _shortened(command: str, limit: int = 200) -> str:
-    return command if len(command) <= limit else command[: limit - 3] + "..."
+    """How ``process`` was started, as one line (its name if it has no command line):
+    a ``python -c`` program's line breaks are written ``\\n``."""
+    return " ".join(process.cmdline()).replace("\n", "\\n") or process.name()

@@ -11,23 +11,34 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Generator
 from pathlib import Path
 
 import pytest
 
-from pytest_expire import interrupt, leftovers, offspring, supervisor, worker
+from pytest_expire import (
+    dumps,
+    exit_deadline,
+    interrupt,
+    leftovers,
+    offspring,
+    supervisor,
+    timeout_compat,
+    worker,
+)
+from pytest_expire import report as expiry_report
 from pytest_expire.client import Link, current_link, new_link
 from pytest_expire.settings import (
     DEADLINE,
     ENV_DEFAULT,
+    FUNC_ONLY,
     LEFTOVERS,
     MARKER,
     Settings,
     argparse_seconds,
-    deadline_for,
-    format_seconds,
     from_config,
+    timing_for,
 )
 from pytest_expire.timer.unix_socket_timer import ADDRESS_ENV
 from pytest_expire.verdict import boot_ticks, monotonic_clock, sleep
@@ -47,7 +58,11 @@ _DIAGNOSIS_WAIT = 5.0
 _DIAGNOSIS_POLL = 0.02
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    timeout_compat.addhooks(pluginmanager)
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     group = parser.getgroup("expire", "test deadlines (pytest-expire)")
     group.addoption(
         "--expire-default",
@@ -75,6 +90,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             "session ends: listed and ended (end, the default), or only listed (list)."
         ),
     )
+    group.addoption(
+        "--expire-func-only",
+        action="store_true",
+        default=None,
+        help=(
+            "time a test's function alone: its setup, call and teardown each get the "
+            "whole deadline on their own (a marker's func_only= says otherwise for its test)."
+        ),
+    )
+    group.addoption(
+        "--expire-disable-debugger-detection",
+        action="store_true",
+        default=None,
+        help="a test in a debugger (pdb, an IDE's) keeps its deadline: it is interrupted.",
+    )
     parser.addini(
         "expire_default", "default test deadline in seconds (0 or empty: none)", default=""
     )
@@ -95,6 +125,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type="bool",
         default=False,
     )
+    parser.addini(
+        "expire_func_only",
+        "true: a test's setup, call and teardown each have its deadline on their own",
+        type="bool",
+        default=False,
+    )
+    parser.addini(
+        "expire_disable_debugger_detection",
+        "true: a test in a debugger keeps its deadline",
+        type="bool",
+        default=False,
+    )
+    group.addoption(
+        "--expire-exit",
+        type=argparse_seconds,
+        default=None,
+        metavar="SECONDS",
+        help=(
+            "time the process that ran the tests has to exit once the session is over; "
+            "then what still runs is dumped and killed (default 10; 0 waits for ever)."
+        ),
+    )
+    parser.addini(
+        "expire_exit",
+        "seconds the process that ran the tests has to exit once the session is over "
+        "(empty: 10; 0: for ever)",
+        default="",
+    )
+    timeout_compat.addoption(parser, pluginmanager)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -114,9 +173,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         f"{MARKER}(seconds): fail the test if its setup, call and teardown take longer than "
-        "seconds (also expires(after=seconds)); 0 or None disables the deadline.",
+        "seconds (also expires(after=seconds)); 0 or None disables the deadline; with "
+        "func_only=True, each of them has the deadline on its own.",
     )
     settings = from_config(config)
+    timeout_compat.configure(config, active=timeout_compat.MARKER in settings.markers)
     plugin = ExpirePlugin(config, settings)
     config.pluginmanager.register(plugin, PLUGIN_NAME)
     if is_controller(config):
@@ -131,6 +192,7 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         # In a supervised worker (see pytest_cmdline_main), its recorder.
         plugin.recorder = worker.attach(config)
+    exit_deadline.register(config, settings.exit, plugin.watchdog)
 
 
 class ExpirePlugin:
@@ -157,7 +219,8 @@ class ExpirePlugin:
         # Once per test, here: a bad marker is a usage error before any test runs.
         armed = self.settings.default is not None
         for item in items:
-            seconds = item.stash[DEADLINE] = deadline_for(item, self.settings)
+            seconds, item.stash[FUNC_ONLY] = timing_for(item, self.settings)
+            item.stash[DEADLINE] = seconds
             armed = armed or seconds is not None
         # A session in which no test has a deadline pays nothing per test.
         if armed and not self.config.pluginmanager.is_registered(self._per_test):
@@ -226,7 +289,12 @@ class ExpirePlugin:
     def pytest_enter_pdb(self) -> None:
         """A test in the debugger has no deadline: someone is looking at it."""
         deadline = self._per_test.deadline
-        if deadline is not None and self.link is not None and not deadline.paused:
+        if (
+            deadline is not None
+            and self.link is not None
+            and not deadline.paused
+            and deadline.yields_to_debugger
+        ):
             self.link.pause(deadline)
 
     def pytest_leave_pdb(self) -> None:
@@ -244,18 +312,22 @@ class ExpirePlugin:
         signal cut short, still ran past its deadline.
         """
         assert self.link is not None
+        action = expiry_report.INTERRUPTED
         if deadline.expired_in is None:
             if not self.link.expired(deadline):
                 return
             deadline.expired_in = report.when
+            action = expiry_report.ENDED_LATE  # its interrupt never landed
         elif deadline.expired_in != report.when:
             return
-        _fail_as_expired(report, deadline.message())
-        report.sections.append(
-            (
-                f"expired: {report.nodeid} after {format_seconds(deadline.seconds)}",
-                self.diagnosis(deadline),
-            )
+        expiry_report.fail_as_expired(
+            report,
+            seconds=deadline.seconds,
+            phase=report.when,
+            action=action,
+            stacks=self.diagnosis(deadline),
+            thread_names=(os.getpid(), {t.ident or 0: t.name for t in threading.enumerate()}),
+            notes=[f"asyncio tasks:\n{note}" for note in deadline.notes],
         )
 
     def mind_children(self, report: pytest.TestReport, deadline: interrupt.Deadline) -> None:
@@ -274,7 +346,7 @@ class ExpirePlugin:
         expiries = take_child_expiries(link.directory, os.getpid())
         if expiries:
             title = f"expired timers of processes {report.nodeid} started (found at teardown)"
-            report.sections.append((title, expiries))
+            report.sections.append((title, dumps.render(dumps.parse(expiries))))
         children = offspring.attribute(
             offspring.of_test(link.directory, os.getpid(), link.page.test_started()),
             link.test_starts,
@@ -308,25 +380,7 @@ class ExpirePlugin:
             text = read_diagnosis(self.link.directory, os.getpid(), token=deadline.token)
         if text is None:
             text = "(no stacks: the test ended past its deadline before the watchdog took them)\n"
-        parts = [text, *(f"asyncio tasks:\n{note}" for note in deadline.notes)]
-        return "\n".join(part for part in parts if part)
-
-
-def _fail_as_expired(report: pytest.TestReport, message: str) -> None:
-    """Make ``report`` the failure of an expired test, keeping what else it said.
-
-    A report of the interrupt itself says so already; one that passed (the
-    test swallowed the interrupt, or ended on its own past its deadline)
-    or failed otherwise is told.
-    """
-    if report.failed:
-        if message in str(report.longrepr):
-            return
-        message = f"{message}\n\nIt also failed:\n{report.longrepr}"
-    report.outcome = "failed"
-    report.longrepr = message
-    if hasattr(report, "wasxfail"):
-        del report.wasxfail
+        return text
 
 
 class _PerTest:
@@ -336,13 +390,15 @@ class _PerTest:
         self.plugin = plugin
         #: The deadline of the test this session runs now.
         self.deadline: interrupt.Deadline | None = None
+        #: Whether each phase of that test has the deadline on its own (func-only).
+        self.func_only = False
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
         try:
-            seconds = item.stash[DEADLINE]
+            seconds, func_only = item.stash[DEADLINE], item.stash[FUNC_ONLY]
         except KeyError:  # an item that no collection hook saw
-            seconds = deadline_for(item, self.plugin.settings)
+            seconds, func_only = timing_for(item, self.plugin.settings)
         recorder = self.plugin.recorder
         if recorder is not None:
             recorder.test_started(item, seconds)
@@ -351,6 +407,9 @@ class _PerTest:
         else:
             link = self.plugin.connect()
             self.deadline = deadline = link.arm(item.nodeid, seconds)
+            self.func_only = func_only
+            if not self.plugin.settings.debugger_detection:
+                deadline.yields_to_debugger = False
             try:
                 result = yield
             finally:
@@ -379,6 +438,15 @@ class _PerTest:
             elif report.when == "teardown" and self.plugin.link is not None:
                 self.plugin.link.suspend(deadline)
                 self.plugin.mind_children(report, deadline)
+            if (
+                self.func_only
+                and report.when != "teardown"
+                and deadline.expired_in is None
+                and self.plugin.link is not None
+            ):
+                # Func-only: the next phase gets the whole deadline, from now. One that
+                # expired keeps it: its teardown has what is left of the grace period.
+                self.plugin.link.renew(deadline)
         if self.plugin.recorder is not None:
             self.plugin.recorder.phase_ended(report)
         return report

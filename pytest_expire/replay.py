@@ -23,7 +23,8 @@ from _pytest._io import TerminalWriter
 from _pytest.junitxml import xml_key
 from _pytest.terminal import TerminalReporter
 
-from pytest_expire.exits import how_it_ended, killed_at_deadline
+from pytest_expire import report as expiry_report
+from pytest_expire.exits import how_it_ended
 from pytest_expire.records import TestRecord, report_from_record, warning_from_record
 
 
@@ -102,32 +103,40 @@ class _Test:
         test = self.record
         assert test.status is not None
         phase = "teardown" if test.finished else test.phase or "setup"
-        sections = []
-        if test.finished:
-            message = (
-                f"{self.nodeid}: its process {how_it_ended(test.status, 'after this test ended')}"
-                ", before its session ended; the session went on in a new one"
-            )
-        elif test.stacks:
-            message, title = killed_at_deadline(self.nodeid, test.seconds, phase, grace)
-            sections.append((title, test.stacks))
-        else:
-            message = (
-                f"{self.nodeid}: its process {how_it_ended(test.status, f'in {phase}')}; "
-                "the session went on in a new one"
-            )
-        for stream, text in zip(("stdout", "stderr"), test.captured, strict=True):
-            if text:
-                sections.append((f"Captured {stream} {phase}", text))
-        return pytest.TestReport(
+        sections = [
+            (f"Captured {stream} {phase}", text)
+            for stream, text in zip(("stdout", "stderr"), test.captured, strict=True)
+            if text
+        ]
+        report = pytest.TestReport(
             self.nodeid,
             self.location,
             self.keywords,
             "failed",
-            message,
+            None,
             phase,  # type: ignore[arg-type]
             sections=sections,
         )
+        if test.finished:
+            report.longrepr = (
+                f"{self.nodeid}: its process {how_it_ended(test.status, 'after this test ended')}"
+                ", before its session ended; the session went on in a new one"
+            )
+        elif test.stacks:
+            expiry_report.fail_as_expired(
+                report,
+                seconds=test.seconds,
+                phase=phase,
+                action=expiry_report.KILLED,
+                stacks=test.stacks,
+                message=expiry_report.killed(self.nodeid, test.seconds, phase, grace),
+            )
+        else:
+            report.longrepr = (
+                f"{self.nodeid}: its process {how_it_ended(test.status, f'in {phase}')}; "
+                "the session went on in a new one"
+            )
+        return report
 
 
 def replay(

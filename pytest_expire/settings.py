@@ -12,13 +12,20 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import pytest
 
+from pytest_expire import timeout_compat
+
 MARKER = "expires"
+#: The keyword of a marker that times each phase of its test on its own (``func_only=True``).
+FUNC_ONLY_KEYWORD = "func_only"
 ENV_DEFAULT = "PYTEST_EXPIRE_DEFAULT"
 DEFAULT_GRACE = 5.0
+#: How long the process that ran a session's tests has to exit once the session is over:
+#: as long as pytest-xdist gives its workers.
+DEFAULT_EXIT = 10.0
 #: The longest deadline or grace accepted: 10 years. No test run lasts that
 #: long, so a larger value is a mistake, and far larger ones break the
 #: arithmetic (``time.time() + 1e308`` is inf, and thread waits end at
@@ -29,6 +36,7 @@ MAX_SECONDS = 10 * 365 * 24 * 60 * 60
 LEFTOVERS = ("end", "list")
 
 _T = TypeVar("_T")
+_V = TypeVar("_V")
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,19 @@ class Settings:
     grace: float
     #: Whether the processes left running when the session ends are ended.
     end_leftovers: bool = True
+    #: Whether a test's setup, call and teardown each have its deadline on their own
+    #: (a marker's ``func_only=`` says otherwise for its test).
+    func_only: bool = False
+    #: Whether a test found in a debugger keeps its deadline off while there.
+    debugger_detection: bool = True
+    #: The markers that time a test: ``expires``, and ``timeout`` under the pytest-timeout
+    #: compat; at one level (function, class, module) the first named wins.
+    markers: tuple[str, ...] = (MARKER,)
+    #: What the header says of pytest-timeout's names ("": nothing).
+    timeout_compat: str = ""
+    #: How long the process that ran the tests has to exit once the session is over
+    #: (None: for ever).
+    exit: float | None = DEFAULT_EXIT
 
     def describe(self) -> str:
         deadline = (
@@ -47,7 +68,14 @@ class Settings:
             if self.default
             else "no default deadline"
         )
-        return f"expire: {deadline}, grace {format_seconds(self.grace)}"
+        notes = [
+            "func-only (setup, call and teardown each timed on its own)" if self.func_only else "",
+            "" if self.debugger_detection else "debugger detection off",
+            self.timeout_compat,
+        ]
+        return f"expire: {deadline}, grace {format_seconds(self.grace)}" + "".join(
+            f", {note}" for note in notes if note
+        )
 
 
 def format_seconds(seconds: float) -> str:
@@ -110,18 +138,13 @@ def from_config(config: pytest.Config) -> Settings:
     """The session's settings: CLI, then environment, then ini.
 
     An empty ini value (the ini's own default) and an empty environment
-    variable count as unset, so that the next source down applies.
+    variable count as unset, so that the next source down applies. The
+    switches (func-only, no debugger detection) are off unless a source
+    turns them on. Under the pytest-timeout compat, its names come after
+    pytest-expire's at each level (``_default``).
     """
-    default: float | None
-    cli_default = config.getoption("expire_default")
-    if cli_default is not None:
-        default, source = cli_default or None, "--expire-default"
-    elif os.environ.get(ENV_DEFAULT, "").strip():
-        default = _checked(parse_seconds, os.environ[ENV_DEFAULT], f"environment {ENV_DEFAULT}")
-        source = ENV_DEFAULT
-    else:
-        ini_default = config.getini("expire_default")
-        default, source = _checked(parse_seconds, ini_default, "ini expire_default"), "ini"
+    compat = timeout_compat.honoured(config)
+    default, source = _default(config, compat)
     grace_option = config.getoption("expire_grace")
     if grace_option is not None:
         grace = grace_option
@@ -137,37 +160,145 @@ def from_config(config: pytest.Config) -> Settings:
         raise pytest.UsageError(
             f"ini expire_leftovers: {leftovers!r} is not one of {', '.join(LEFTOVERS)}"
         )
+    func_only = config.getoption("expire_func_only") or config.getini("expire_func_only")
+    no_debugger_detection = config.getoption("expire_disable_debugger_detection") or config.getini(
+        "expire_disable_debugger_detection"
+    )
+    if compat:
+        func_only = func_only or config.getini(timeout_compat.FUNC_ONLY_INI)
+        no_debugger_detection = (
+            no_debugger_detection
+            or config.getoption(timeout_compat.NO_DEBUGGER_DETECTION)
+            or config.getini(timeout_compat.NO_DEBUGGER_DETECTION)
+        )
     return Settings(
-        default=default, default_source=source, grace=grace, end_leftovers=leftovers == "end"
+        default=default,
+        default_source=source,
+        grace=grace,
+        end_leftovers=leftovers == "end",
+        func_only=bool(func_only),
+        debugger_detection=not no_debugger_detection,
+        markers=(MARKER, timeout_compat.MARKER) if compat else (MARKER,),
+        timeout_compat=timeout_compat.header_note(config),
+        exit=_exit(config),
     )
 
 
-def _checked(parse: Callable[[str], _T], value: str, where: str) -> _T:
+def _exit(config: pytest.Config) -> float | None:
+    """``--expire-exit``, else the ini's ``expire_exit`` (empty: the default); 0: for ever."""
+    option = config.getoption("expire_exit")
+    if option is not None:
+        return option or None
+    ini = config.getini("expire_exit")
+    return _checked(parse_seconds, ini, "ini expire_exit") if ini.strip() else DEFAULT_EXIT
+
+
+def _default(config: pytest.Config, compat: bool) -> tuple[float | None, str]:
+    """The default deadline, and where it came from: the command line, then the
+    environment, then the ini; at each, pytest-expire's name before pytest-timeout's
+    (under the compat), so that a suite half-way through its switch gets expire's."""
+    option = config.getoption("expire_default")
+    if option is not None:
+        return option or None, "--expire-default"
+    if compat:
+        option = config.getoption(timeout_compat.TIMEOUT)
+        if option is not None:
+            # Refused empty, as --expire-default is: an unset shell variable is no choice.
+            return _checked(parse_duration, option, "--timeout") or None, "--timeout"
+    for variable in (ENV_DEFAULT, timeout_compat.ENV) if compat else (ENV_DEFAULT,):
+        if os.environ.get(variable, "").strip():
+            return _checked(
+                parse_seconds, os.environ[variable], f"environment {variable}"
+            ), variable
+    ini = config.getini("expire_default")
+    if compat and not ini.strip():
+        ini = config.getini(timeout_compat.TIMEOUT)
+        return _checked(parse_seconds, ini, "ini timeout"), "ini timeout"
+    return _checked(parse_seconds, ini, "ini expire_default"), "ini"
+
+
+def _checked(parse: Callable[[_V], _T], value: _V, where: str) -> _T:
     try:
         return parse(value)
     except ValueError as exc:
         raise pytest.UsageError(f"{where}: {exc}") from None
 
 
-#: A test's deadline in seconds (None: none), stored on it once, at collection.
+#: A test's deadline in seconds (None: none), stored on it once, at collection;
+#: and with it, whether its phases each have that deadline on their own.
 DEADLINE = pytest.StashKey[float | None]()
+FUNC_ONLY = pytest.StashKey[bool]()
 
 
-def deadline_for(item: pytest.Item, settings: Settings) -> float | None:
-    """The deadline of a test: its closest ``expires`` marker, else the default."""
-    marker = item.get_closest_marker(MARKER)
+class Timing(NamedTuple):
+    """How a test is timed: its deadline (None: none), and whether its setup, call and
+    teardown each have it on their own (func-only) or share it."""
+
+    seconds: float | None
+    func_only: bool
+
+
+def timing_for(item: pytest.Item, settings: Settings) -> Timing:
+    """The timing of a test: from its closest marker, else the session's.
+
+    A marker that gives no seconds (``expires(func_only=True)``, pytest-timeout's
+    ``timeout(None)``) keeps the default deadline; one that does not say
+    ``func_only`` keeps the session's.
+    """
+    marker = _closest_marker(item, settings.markers)
     if marker is None:
-        return settings.default
-    return marker_seconds(marker, item.nodeid)
+        return Timing(settings.default, settings.func_only)
+    where = f"{item.nodeid}: @pytest.mark.{marker.name}"
+    if marker.name == MARKER:
+        func_only = marker.kwargs.get(FUNC_ONLY_KEYWORD)
+        only_func_only = (
+            func_only is not None and not marker.args and set(marker.kwargs) == {FUNC_ONLY_KEYWORD}
+        )
+        seconds = settings.default if only_func_only else marker_seconds(marker, item.nodeid)
+    else:
+        values, func_only = timeout_compat.marker_arguments(marker, item.nodeid)
+        seconds = _timeout_seconds(values[0], where) if values else settings.default
+    if func_only is None:
+        return Timing(seconds, settings.func_only)
+    if not isinstance(func_only, bool):
+        raise pytest.UsageError(
+            f"{where}: {FUNC_ONLY_KEYWORD} takes True or False, got {func_only!r}"
+        )
+    return Timing(seconds, func_only)
+
+
+def _timeout_seconds(value: object, where: str) -> float | None:
+    """Seconds from pytest-timeout's marker, which also takes them as text (``timeout("5")``)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise pytest.UsageError(f"{where}: expected a number of seconds, got {value!r}")
+    return _checked(parse_seconds, value, where)
+
+
+def _closest_marker(item: pytest.Item, names: tuple[str, ...]) -> pytest.Mark | None:
+    """The marker among ``names`` closest to ``item``; at one level, the first name's."""
+    if len(names) == 1:
+        return item.get_closest_marker(names[0])
+    found: tuple[pytest.Mark, object] | None = None
+    for node, mark in item.iter_markers_with_node():
+        if found is not None and node is not found[1]:
+            break
+        if mark.name == names[0]:
+            return mark
+        if found is None and mark.name in names:
+            found = mark, node
+    return None if found is None else found[0]
 
 
 def marker_seconds(marker: pytest.Mark, nodeid: str) -> float | None:
-    """Seconds from ``expires(seconds)`` or ``expires(after=seconds)``; None: disabled."""
+    """Seconds from ``expires(seconds)`` or ``expires(after=seconds)``; None: disabled.
+
+    ``func_only=`` may come with them (``timing_for`` reads it).
+    """
     usage = f"{nodeid}: @pytest.mark.{MARKER} takes one number of seconds, as (60) or (after=60)"
-    unknown = set(marker.kwargs) - {"after"}
+    unknown = set(marker.kwargs) - {"after", FUNC_ONLY_KEYWORD}
     if unknown:
         raise pytest.UsageError(f"{usage}; unknown keyword {', '.join(sorted(unknown))}")
-    values = [*marker.args, *marker.kwargs.values()]
+    values = [*marker.args, *(value for key, value in marker.kwargs.items() if key == "after")]
     if len(values) != 1:
         raise pytest.UsageError(f"{usage}; got {len(values)} values")
     (value,) = values

@@ -43,7 +43,7 @@ from types import ModuleType
 
 import pytest
 
-from pytest_expire import leftovers, reaper, worker
+from pytest_expire import exit_deadline, leftovers, reaper, worker
 from pytest_expire.exits import how_it_ended
 from pytest_expire.records import TestRecord, read_flags, read_records
 from pytest_expire.settings import DEADLINE, from_config
@@ -168,6 +168,8 @@ class Supervisor:
         # starts none.
         self.watchdog = SessionWatchdog(grace=self.grace) if settings.default else None
         self.end_leftovers = settings.end_leftovers
+        # The time the last worker has to exit once its session ended.
+        self.exit = exit_deadline.SupervisedExit(settings.exit)
         # What the tests start stays this process's, even once its parent died.
         self.reaper = reaper.set_subreaper(True)
 
@@ -187,6 +189,7 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             if self.watchdog is not None:
                 self.watchdog.stop()
+            self.exit.close()
             if self.reaper:
                 reaper.set_subreaper(False)
 
@@ -202,13 +205,18 @@ class Supervisor:
             memory = os.memfd_create(f"pytest-expire-records-{attempt}", os.MFD_CLOEXEC)
             try:
                 records = Path(f"/proc/self/fd/{memory}")
-                spec = worker.Worker(records, history, start, self.grace, -1, os.getpid(), mask)
+                spec = worker.Worker(
+                    records, history, start, self.grace, -1, os.getpid(), mask, self.exit.note
+                )
                 pid, status = self._run_worker(spec)
                 recorded = read_records(records)
             finally:
                 os.close(memory)
             if recorded.exitstatus is not None:
-                if os.waitstatus_to_exitcode(status) != recorded.exitstatus % 256:
+                if (
+                    os.waitstatus_to_exitcode(status) != recorded.exitstatus % 256
+                    and not self.exit.ended_it
+                ):
                     notice(f"the process that ran the session {how_it_ended(status, 'after it')}")
                 self._end_leftovers()
                 return recorded.exitstatus
@@ -283,6 +291,8 @@ class Supervisor:
                 timeout = _WATCHDOG_CHECK
                 if forward_at is not None:
                     timeout = min(timeout, max(0.0, forward_at - time.monotonic()))
+                # Once its session ended, the worker has a while to exit (else it is ended).
+                timeout = self.exit.check(pid, self.watchdog, timeout)
                 received = signal.sigtimedwait(_WAITED_FOR, timeout)
                 if self.reaper:
                     ours = {pid} if self.watchdog is None else {pid, self.watchdog.pid}

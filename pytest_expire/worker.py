@@ -15,12 +15,14 @@ shows already, and then runs the rest.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -34,6 +36,7 @@ import pytest
 from _pytest._io import TerminalWriter
 from _pytest.terminal import TerminalReporter
 
+from pytest_expire import exit_notes
 from pytest_expire.records import RecordWriter, TestRecord
 from pytest_expire.replay import QuietTerminal, replay, restore_session_start, stop_if_asked
 from pytest_expire.settings import DEADLINE
@@ -58,6 +61,8 @@ class Worker:
     supervisor_pid: int
     #: The signal mask to restore: the supervisor blocks SIGINT and SIGCHLD.
     signal_mask: set[int | signal.Signals]
+    #: Where to leave the note its exit watcher reads (``exit_notes``); None: not watched.
+    exit_note: Path | None = None
 
 
 #: In a worker process: the worker, what records its session, and the session's config.
@@ -77,6 +82,8 @@ def run(worker: Worker, config: pytest.Config, plugin: ModuleType) -> NoReturn:
     # hung test would have no watchdog.
     die_with_parent(worker.supervisor_pid, signal.SIGKILL)
     _exit_handlers_of_its_own()
+    if worker.exit_note is not None:
+        exit_notes.record()
     writer = RecordWriter(worker.records)
     current = worker, writer, config
     status: int = pytest.ExitCode.INTERNAL_ERROR
@@ -93,7 +100,25 @@ def run(worker: Worker, config: pytest.Config, plugin: ModuleType) -> NoReturn:
         traceback.print_exc()
     except BaseException:
         traceback.print_exc()
+    _exit(worker, writer, status)
+
+
+def _exit(worker: Worker, writer: RecordWriter, status: int) -> NoReturn:
+    """End as the interpreter would: wait for the threads that are not daemons, run the
+    exit handlers; then exit with the session's ``status``, whatever they do.
+
+    Its supervisor gives it ``--expire-exit`` seconds for that (``exit_deadline``),
+    counted from the note it leaves here.
+    """
+    if worker.exit_note is not None:
+        with contextlib.suppress(OSError):
+            exit_notes.leave_note(worker.exit_note, status)
     writer.session_ended(status)
+    # The terminal's last words first: the process may be killed in what follows.
+    flush_standard_streams()
+    if worker.exit_note is not None:
+        os.kill(worker.supervisor_pid, signal.SIGCHLD)  # the clock starts now
+    threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
     flush_standard_streams()
     os._exit(status)

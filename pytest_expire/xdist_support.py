@@ -13,7 +13,7 @@ with neither the phase nor the time it ran. The controller completes that
 report from what it saw of the test: its start (``pytest_runtest_logstart``)
 and the reports of its phases. When the watchdog killed the worker (a test
 that did not stop after its interrupt), the report says the test expired,
-in the words of a serial session (``exits.killed_at_deadline``), with the
+in the words of a serial session (``report``), with the
 stacks taken at the kill. For that, a worker tells the controller its PID
 and its tests' deadlines, once, when it first arms one: nothing is added
 to a worker's tests.
@@ -37,10 +37,8 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import pytest
-from _pytest._code.code import ReprFileLocation, TerminalRepr
-from _pytest._io import TerminalWriter
 
-from pytest_expire.exits import killed_at_deadline
+from pytest_expire import report as expiry_report
 from pytest_expire.settings import DEADLINE
 from pytest_expire.verdict import monotonic_clock
 from pytest_expire.watchdog import (
@@ -193,8 +191,15 @@ class CrashReporter:
         stacks = read_diagnosis(self.directory, kill["pid"], killed=True) if kill else None
         if kill is not None and stacks is not None:
             seconds = kill["deadlines"].get(crashitem, kill["default"])
-            message, title = killed_at_deadline(crashitem, seconds, progress.phase, self.grace)
-            report.longrepr = _KilledRepr(message, report.location, title, stacks)
+            report.longrepr = None  # xdist's "worker crashed": the failure says more
+            expiry_report.fail_as_expired(
+                report,
+                seconds=seconds,
+                phase=progress.phase,
+                action=expiry_report.KILLED,
+                stacks=stacks,
+                message=expiry_report.killed(crashitem, seconds, progress.phase, self.grace),
+            )
 
     def _stop_if_asked(self) -> None:
         """Stop handing out tests if the crashed test was one failure too many.
@@ -248,21 +253,3 @@ def _phase_after(report: pytest.TestReport) -> Phase:
     if report.when == "teardown":
         return "setup"
     return "call" if report.when == "setup" and report.passed else "teardown"
-
-
-class _KilledRepr(TerminalRepr):
-    """The failure of a killed test, shaped as pytest's own: the message is the one line
-    the short summary and JUnit's ``message`` show; the stacks follow it in the
-    terminal and in the text of JUnit's ``<failure>`` or ``<error>``."""
-
-    def __init__(self, message: str, location: Location, title: str, stacks: str) -> None:
-        path, lineno, _ = location
-        self.reprcrash = ReprFileLocation(path, (lineno or 0) + 1, message)
-        self.title = title
-        self.stacks = stacks
-
-    def toterminal(self, tw: TerminalWriter) -> None:
-        # As a serial session shows it: the message, then the stacks as a section.
-        tw.line(self.reprcrash.message)
-        tw.sep("-", self.title)
-        tw.line(self.stacks.removesuffix("\n"))

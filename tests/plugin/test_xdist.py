@@ -90,14 +90,19 @@ def junit_cases(pytester: pytest.Pytester) -> dict[str, list[ET.Element]]:
     return cases
 
 
-def assert_killed_in_junit(cases: list[ET.Element], tag: str, message: str, stacks: str) -> None:
+def assert_killed_in_junit(
+    cases: list[ET.Element], tag: str, message: str, stacks: str, phase: str = "call"
+) -> None:
     """A killed test's JUnit case (of ``cases``, the one that did not pass): one ``tag``
-    saying ``message``, the stacks in its text, and its real duration, at least its
-    deadline and grace (0.5 s each here)."""
+    whose message is ``message`` (the short summary's words), the kill and the stacks
+    in its text, and its real duration, at least its deadline and grace (0.5 s each
+    here)."""
     (case,) = [case for case in cases if len(case)]
     (element,) = [child for child in case if child.tag in ("failure", "error")]
     assert element.tag == tag
-    assert message in element.get("message", "")
+    # JUnit's own words around it for an error: 'failed on setup with "..."'.
+    assert element.get("message", "") in (message, f'failed on {phase} with "{message}"')
+    assert "did not stop when interrupted and its process was killed" in (element.text or "")
     assert stacks in (element.text or "")
     assert 1.0 <= float(case.get("time", "0")) < 30
 
@@ -155,8 +160,9 @@ def test_a_hang_in_each_phase_is_reported_in_that_phase(
         assert_killed_in_junit(
             cases[f"test_hangs_in_{phase}"],
             tag,
-            f"expired after 0.5 s (in {phase}); {killed}",
+            f"expired after 0.5 s (in {phase}); killed",
             "in hold_the_gil_forever",
+            phase,
         )
     assert "import time; time.sleep(3600)" in (cases["test_hangs_in_call"][0][0].text or "")
     assert cases["test_exits_in_call"][0][0].tag == "failure"
@@ -205,7 +211,7 @@ def test_with_markers_only_every_worker_is_a_client_of_the_controllers_watchdog(
         assert_killed_in_junit(
             cases[name],
             "failure",
-            f"expired after {seconds} s (in call); {killed}",
+            f"expired after {seconds} s (in call); killed",
             "in hold_the_gil_forever",
         )
     assert_nothing_left(temp_dir)
@@ -257,7 +263,7 @@ def test_the_run_goes_on_after_a_kill(
     assert_killed_in_junit(
         junit_cases(pytester)["test_hangs"],
         "failure",
-        "expired after 0.5 s (in call)",
+        "expired after 0.5 s (in call); killed",
         "in hold_the_gil_forever",
     )
     assert_nothing_left(temp_dir)

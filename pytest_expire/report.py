@@ -1,0 +1,136 @@
+"""How the report of an expired test reads, whoever makes it: one wording, one shape.
+
+Three places make such a report: the test's own process, when its
+interrupt landed or it ended past its deadline (``plugin``); a supervisor's
+next worker, after the watchdog killed the one that ran the test
+(``replay``); an xdist controller, after the watchdog killed a worker
+(``xdist_support``). Each goes through :func:`fail_as_expired`, so that a
+report reads the same serially and under xdist, in the terminal and in
+JUnit XML:
+
+- the short summary line and JUnit's ``message`` say ``expired after 2 s
+  (in call)`` (the node id is on the line already);
+- the failure points at the line where the test hung (the innermost frame
+  of the test's thread that is not pytest's, as the stacks show it);
+- the stacks follow the failure, in the failure itself (so that they reach
+  JUnit's ``<failure>`` too), rendered to be read (``dumps``);
+- :data:`RECORD` on the report carries what a program reads (the
+  ``--expire-report`` file): the phase, the deadline, what was done, the
+  raw stacks. It survives xdist's and the supervisor's serialization of
+  reports, being plain data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from _pytest._code.code import (
+    ExceptionChainRepr,
+    ReprEntryNative,
+    ReprFileLocation,
+    ReprTraceback,
+)
+
+from pytest_expire import dumps
+from pytest_expire.settings import format_seconds
+
+#: The attribute of an expired test's report that holds its record (a dict).
+RECORD = "pytest_expire"
+#: What the watchdog did, as a record says it.
+INTERRUPTED = "interrupted"
+KILLED = "killed"
+#: The test ended past its deadline before its interrupt landed (or swallowed it).
+ENDED_LATE = "ended late"
+
+
+def summary(seconds: float | None, phase: str) -> str:
+    """``expired after 2 s (in call)``: the short summary's words."""
+    after = format_seconds(seconds) if seconds is not None else "its deadline"
+    return f"expired after {after} (in {phase})"
+
+
+def headline(nodeid: str, seconds: float | None, phase: str) -> str:
+    """The first line of the failure (and the message of the interrupt's exception)."""
+    return f"{nodeid} {summary(seconds, phase)}"
+
+
+def stacks_title(nodeid: str, seconds: float | None) -> str:
+    """The heading of the stacks: it keeps the deadline, as it is read alone too."""
+    after = format_seconds(seconds) if seconds is not None else "its deadline"
+    return f"expired: {nodeid} after {after}"
+
+
+def killed(nodeid: str, seconds: float | None, phase: str, grace: float) -> str:
+    """The first line of the failure of a test whose process the watchdog killed."""
+    return (
+        f"{headline(nodeid, seconds, phase)}; it did not stop when interrupted and its "
+        f"process was killed {format_seconds(grace)} later"
+    )
+
+
+def fail_as_expired(
+    report: pytest.TestReport,
+    *,
+    seconds: float | None,
+    phase: str,
+    action: str,
+    stacks: str,
+    message: str | None = None,
+    thread_names: tuple[int, dict[int, str]] | None = None,
+    notes: Sequence[str] = (),
+) -> None:
+    """Make ``report`` the failure of a test that expired in ``phase``, with its ``stacks``.
+
+    A report of the interrupt itself keeps its traceback (it points where
+    the test was interrupted); any other (the test swallowed the interrupt
+    or ended past its deadline on its own, or it was killed) gets a failure
+    of its own, ``message`` first (by default the headline), what else it
+    said after. ``thread_names``, from the test's own process (its PID and
+    thread names by ident), names that process's threads in the stacks;
+    ``notes`` (its asyncio tasks' stacks) follow them.
+    """
+    message = message or headline(report.nodeid, seconds, phase)
+    processes = dumps.parse(stacks)
+    if thread_names is not None:
+        dumps.name_threads(processes, *thread_names)
+    longrepr = report.longrepr
+    if not (isinstance(longrepr, ExceptionChainRepr) and message in str(longrepr)):
+        longrepr = _failure(report, message, dumps.where_it_hung(processes))
+    assert longrepr.reprcrash is not None
+    longrepr.reprcrash.message = summary(seconds, phase)
+    if action == KILLED:
+        longrepr.reprcrash.message += "; killed"
+    text = "\n".join([dumps.render(processes), *notes]).rstrip()
+    longrepr.addsection(stacks_title(report.nodeid, seconds), text)
+    report.longrepr = longrepr
+    report.outcome = "failed"
+    if hasattr(report, "wasxfail"):
+        del report.wasxfail
+    record: dict[str, Any] = {
+        "phase": phase,
+        "deadline": seconds,
+        "action": action,
+        "stacks": stacks,
+    }
+    setattr(report, RECORD, record)
+
+
+def _failure(
+    report: pytest.TestReport, message: str, hung: dumps.Frame | None
+) -> ExceptionChainRepr:
+    """A failure shaped as pytest's own (what every reporter and xdist know how to
+    carry), saying ``message`` and what else ``report`` said, and pointing where the
+    test hung (else at the test)."""
+    lines = [f"{message}\n"]
+    if report.failed and report.longrepr:
+        lines.append(f"\nIt also failed:\n{report.longrepr}\n")
+    if hung is not None:
+        path, lineno = hung.file, hung.line or 0
+        lines.append(f'\nwhere it was:\n  File "{path}", line {lineno} in {hung.function}\n')
+    else:
+        path, line, _ = report.location
+        lineno = (line or 0) + 1
+    traceback = ReprTraceback([ReprEntryNative(lines)], None, "native")
+    return ExceptionChainRepr([(traceback, ReprFileLocation(path, lineno, message), None)])
