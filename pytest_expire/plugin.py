@@ -22,6 +22,7 @@ from pytest_expire import (
     exit_deadline,
     interrupt,
     leftovers,
+    newhooks,
     offspring,
     supervisor,
     timeout_compat,
@@ -46,6 +47,7 @@ from pytest_expire.watchdog import (
     DIRECTORY_ENV,
     OWNER_ENV,
     SessionWatchdog,
+    begin_log,
     read_diagnosis,
     take_child_expiries,
 )
@@ -59,6 +61,7 @@ _DIAGNOSIS_POLL = 0.02
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(newhooks)
     timeout_compat.addhooks(pluginmanager)
 
 
@@ -153,6 +156,20 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
         "(empty: 10; 0: for ever)",
         default="",
     )
+    group.addoption(
+        "--expire-log",
+        default=None,
+        metavar="PATH",
+        help=(
+            "file the watchdog logs to: each expired test with the stacks of its processes "
+            "(the debug-info hook), each kill, its own failures."
+        ),
+    )
+    parser.addini(
+        "expire_log",
+        "file the watchdog logs to, relative to where pytest starts (empty: none)",
+        default="",
+    )
     timeout_compat.addoption(parser, pluginmanager)
 
 
@@ -183,7 +200,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if is_controller(config):
         # Started here, so that every worker inherits its address; whatever the
         # default, as only the workers collect the markers (see xdist_support).
-        plugin.watchdog = SessionWatchdog(grace=settings.grace)
+        plugin.watchdog = SessionWatchdog(grace=settings.grace, log=settings.log)
         plugin.watchdog.keep_alive()
         reporter = CrashReporter(config, plugin.watchdog, settings.grace)
         config.pluginmanager.register(reporter, "expire-xdist")
@@ -192,6 +209,8 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         # In a supervised worker (see pytest_cmdline_main), its recorder.
         plugin.recorder = worker.attach(config)
+    if settings.log is not None and plugin.recorder is None and not hasattr(config, "workerinput"):
+        begin_log(settings.log)  # a supervisor began it already
     exit_deadline.register(config, settings.exit, plugin.watchdog)
 
 
@@ -274,7 +293,7 @@ class ExpirePlugin:
         if self.watchdog is None and not (
             address and directory and str(os.getppid()) == os.environ.get(OWNER_ENV)
         ):
-            self.watchdog = SessionWatchdog(self.settings.grace)
+            self.watchdog = SessionWatchdog(self.settings.grace, log=self.settings.log)
         if self.watchdog is not None:
             self.watchdog.wait_ready()
             return self.watchdog.address, self.watchdog.directory
@@ -322,6 +341,7 @@ class ExpirePlugin:
             return
         expiry_report.fail_as_expired(
             report,
+            self.config.hook,
             seconds=deadline.seconds,
             phase=report.when,
             action=action,

@@ -125,6 +125,7 @@ class _Test:
         elif test.stacks:
             expiry_report.fail_as_expired(
                 report,
+                self.hook,
                 seconds=test.seconds,
                 phase=phase,
                 action=expiry_report.KILLED,

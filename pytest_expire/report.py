@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import pluggy
 import pytest
 from _pytest._code.code import (
     ExceptionChainRepr,
@@ -72,6 +73,7 @@ def killed(nodeid: str, seconds: float | None, phase: str, grace: float) -> str:
 
 def fail_as_expired(
     report: pytest.TestReport,
+    hook: pluggy.HookRelay,
     *,
     seconds: float | None,
     phase: str,
@@ -89,7 +91,8 @@ def fail_as_expired(
     of its own, ``message`` first (by default the headline), what else it
     said after. ``thread_names``, from the test's own process (its PID and
     thread names by ident), names that process's threads in the stacks;
-    ``notes`` (its asyncio tasks' stacks) follow them.
+    ``notes`` (its asyncio tasks' stacks) follow them. Last, other plugins
+    add what they know (``hook``'s ``pytest_expire_expired``: ``newhooks``).
     """
     message = message or headline(report.nodeid, seconds, phase)
     processes = dumps.parse(stacks)
@@ -115,6 +118,9 @@ def fail_as_expired(
         "stacks": stacks,
     }
     setattr(report, RECORD, record)
+    for section in hook.pytest_expire_expired(report=report, expiry=record):
+        title, content = section
+        longrepr.addsection(title, content)
 
 
 def _failure(

@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 import pytest
@@ -61,6 +62,8 @@ class Settings:
     #: How long the process that ran the tests has to exit once the session is over
     #: (None: for ever).
     exit: float | None = DEFAULT_EXIT
+    #: The file the watchdog logs to (``--expire-log``), if any.
+    log: Path | None = None
 
     def describe(self) -> str:
         deadline = (
@@ -181,7 +184,30 @@ def from_config(config: pytest.Config) -> Settings:
         markers=(MARKER, timeout_compat.MARKER) if compat else (MARKER,),
         timeout_compat=timeout_compat.header_note(config),
         exit=_exit(config),
+        log=_log(config),
     )
+
+
+def _log(config: pytest.Config) -> Path | None:
+    """``--expire-log``, else the ini's ``expire_log``: a file in a directory that exists,
+    relative to where pytest was started; None: no log."""
+    option = config.getoption("expire_log")
+    if option is not None:
+        where, value = "--expire-log", option
+        if not value.strip():
+            raise pytest.UsageError("--expire-log: expected a file path, got ''")
+    else:
+        where, value = "ini expire_log", config.getini("expire_log").strip()
+        if not value:
+            return None
+    path: Path = config.invocation_params.dir / str(value)
+    if path.is_dir():
+        raise pytest.UsageError(f"{where}: {value!r} is a directory, not a file")
+    if not path.parent.is_dir():
+        raise pytest.UsageError(f"{where}: the directory of {value!r} does not exist")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise pytest.UsageError(f"{where}: {value!r} cannot be written")
+    return path
 
 
 def _exit(config: pytest.Config) -> float | None:

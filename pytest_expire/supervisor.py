@@ -52,6 +52,7 @@ from pytest_expire.watchdog import (
     DIRECTORY_ENV,
     OWNER_ENV,
     SessionWatchdog,
+    begin_log,
     mark_supervised,
     notice,
     read_diagnosis,
@@ -162,11 +163,14 @@ class Supervisor:
         self.plugin = plugin
         settings = from_config(config)
         self.grace = settings.grace
+        self.log = settings.log
+        if self.log is not None:
+            begin_log(self.log)
         # Started at once when every test has a deadline, so that every worker
         # inherits its address and its start overlaps the worker's collection;
         # else once a worker finds a test that has one: a session without any
         # starts none.
-        self.watchdog = SessionWatchdog(grace=self.grace) if settings.default else None
+        self.watchdog = SessionWatchdog(self.grace, self.log) if settings.default else None
         self.end_leftovers = settings.end_leftovers
         # The time the last worker has to exit once its session ended.
         self.exit = exit_deadline.SupervisedExit(settings.exit)
@@ -312,7 +316,7 @@ class Supervisor:
     def _offer(self, ready: int) -> None:
         """Tell the worker where the watchdog is, once it accepts clients."""
         if self.watchdog is None:
-            self.watchdog = SessionWatchdog(grace=self.grace)
+            self.watchdog = SessionWatchdog(self.grace, self.log)
         self.watchdog.wait_ready()
         mark_supervised(self.watchdog.directory)
         if self.reaper:

@@ -138,11 +138,13 @@ class SessionWatchdog:
     collects.
     """
 
-    def __init__(self, grace: float) -> None:
+    def __init__(self, grace: float, log: Path | None = None) -> None:
         # A short path: a Unix socket's path is limited to 107 bytes.
         self.directory = Path(tempfile.mkdtemp(prefix="pytest-expire-"))
         self.address = format_address(str(socket_path(self.directory)))
         self.grace = grace
+        #: Where the watchdog logs what it does (``--expire-log``), if anywhere.
+        self.log = log
         self._owner = os.getpid()
         self._stopped = False
         try:
@@ -163,6 +165,7 @@ class SessionWatchdog:
                 str(self.directory),
                 str(self._owner),
                 repr(self.grace),
+                *([str(self.log)] if self.log is not None else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -290,9 +293,20 @@ class SessionWatchdog:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def begin_log(path: Path) -> None:
+    """Empty the watchdog's log file as the session begins: its watchdogs append to it
+    (one started after another died goes on where that one stopped)."""
+    path.write_bytes(b"")
+
+
 def notice(text: str) -> None:
-    """Tell the user something on stderr, at once, in one line that names the plugin."""
-    sys.stderr.write(f"pytest-expire: {text}\n")
+    """Tell the user something on stderr, at once, in one line that names the plugin.
+
+    On a line of its own: pytest's progress line (``test_suite.py ..F``) is
+    still open when a deadline passes, and neither this process nor the
+    watchdog knows its column; an empty line at worst.
+    """
+    sys.stderr.write(f"\npytest-expire: {text}\n")
     sys.stderr.flush()
 
 

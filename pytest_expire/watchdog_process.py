@@ -17,6 +17,7 @@ serves until SIGTERM.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -31,6 +32,8 @@ from pytest_expire.watchdog import READY, socket_path
 
 def main(argv: list[str]) -> None:
     directory, host_pid, grace = Path(argv[0]), int(argv[1]), float(argv[2])
+    if len(argv) > 3:
+        log_to(Path(argv[3]))
     # Ctrl-C is for pytest, which still needs its watchdog while it tears down;
     # so is a terminal's hangup: if it ends pytest, the SIGTERM that follows
     # (see die_with_parent) ends this process with its cleanup.
@@ -64,6 +67,19 @@ def main(argv: list[str]) -> None:
     # Nothing is left to tear down: skip the interpreter's exit, which would
     # make stop() wait for it.
     os._exit(0)
+
+
+def log_to(path: Path) -> None:
+    """Send this process's records (the debug-info hook's, with the stacks of each
+    expired test; each kill; the watchdog's own failures) to the file at ``path``,
+    appended: a watchdog started after another died goes on in the same file."""
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s [watchdog %(process)d] %(message)s")
+    )
+    logger = logging.getLogger("pytest_expire")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 if __name__ == "__main__":

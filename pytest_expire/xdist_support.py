@@ -194,6 +194,7 @@ class CrashReporter:
             report.longrepr = None  # xdist's "worker crashed": the failure says more
             expiry_report.fail_as_expired(
                 report,
+                self.config.hook,
                 seconds=seconds,
                 phase=progress.phase,
                 action=expiry_report.KILLED,

@@ -38,8 +38,10 @@ def test_an_interrupt_never_lands_in_the_next_test(pytester: pytest.Pytester) ->
     result = pytester.runpytest_subprocess("--expire-default=0.1", "-rA", timeout=120)
     output = result.stdout.str()
     assert len(re.findall(r"^PASSED .*test_quick", output, re.M)) == 25, output
-    expired = re.findall(r"(\S+) expired after", output)
-    assert all("test_pair" in nodeid for nodeid in expired), expired
+    # Named on the failure's first line, and on the short summary's.
+    expired = re.findall(r"(\S+::\S+) expired after", output)
+    expired += re.findall(r"^FAILED (\S+) - expired after", output, re.M)
+    assert expired and all("test_pair" in nodeid for nodeid in expired), expired
 
 
 def test_an_ended_tests_timers_never_reach_a_test_without_a_deadline(
