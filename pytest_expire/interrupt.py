@@ -25,7 +25,6 @@ test's own code or the test ends.
 from __future__ import annotations
 
 import bdb
-import io
 import signal
 import sys
 import threading
@@ -210,7 +209,10 @@ def _asyncio_task_stacks() -> str:
 
     A hung coroutine is suspended, so it is on no thread's stack: a thread
     dump shows only the event loop's ``select``. Its task still knows where
-    it waits.
+    it waits: down the chain of awaits (``cr_await``), from the task's
+    coroutine to the innermost one, and what that one waits for (a future,
+    an event's waiter). asyncio's own ``Task.print_stack`` shows only the
+    task's outermost coroutine.
     """
     asyncio = sys.modules.get("asyncio")
     if asyncio is None:
@@ -219,7 +221,17 @@ def _asyncio_task_stacks() -> str:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return ""
-    out = io.StringIO()
+    out = []
     for task in asyncio.all_tasks(loop):
-        task.print_stack(file=out)
-    return out.getvalue()
+        out.append(f"Task {task.get_name()!r} (outermost await first):")
+        awaited: object = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is None:  # not a coroutine: what the innermost one waits for
+                # The future itself, which the task keeps, says more than its iterator.
+                out.append(f"  awaiting {getattr(task, '_fut_waiter', None) or awaited!r}")
+                break
+            code = frame.f_code
+            out.append(f'  File "{code.co_filename}", line {frame.f_lineno} in {code.co_name}')
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return "\n".join(out) + "\n" if out else ""

@@ -116,3 +116,35 @@ def test_a_killed_test(pytester: pytest.Pytester, workers: tuple[str, ...], mark
     assert "it did not stop when interrupted and its process was killed 0.5 s later" in text
     assert "in hold_the_gil_forever" in text
     assert "expired: test_suite.py::test_hangs after 0.5 s" in text
+
+
+NESTED_AWAITS = """
+import asyncio
+
+async def inner():
+    await asyncio.Event().wait()
+
+async def outer():
+    await inner()
+
+def test_hangs():
+    asyncio.run(outer())
+"""
+
+
+def test_a_hung_coroutine_is_shown_down_to_its_innermost_await(
+    pytester: pytest.Pytester, marked: str
+) -> None:
+    result = _run(pytester, NESTED_AWAITS)
+    result.assert_outcomes(passed=1, failed=1)
+    # Suspended, the coroutines are on no thread's stack: their task knows them.
+    result.stdout.fnmatch_lines(
+        [
+            "asyncio tasks:",
+            "Task 'Task-1' (outermost await first):",
+            '  File "*test_suite.py", line 7 in outer',
+            '  File "*test_suite.py", line 4 in inner',
+            '  File "*locks.py", line * in wait',
+            "  awaiting <Future pending*",
+        ]
+    )
