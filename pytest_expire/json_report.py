@@ -104,7 +104,8 @@ def _check(path: Path) -> None:
     """Fail now, not at the first expiry, if the report cannot be written to ``path``."""
     where = f"{OPTION} {path}"
     if not path.parent.is_dir():
-        raise pytest.UsageError(f"{where}: the directory {path.parent} does not exist")
+        problem = "is not a directory" if path.parent.exists() else "does not exist"
+        raise pytest.UsageError(f"{where}: the directory {path.parent} {problem}")
     if path.is_dir():
         raise pytest.UsageError(f"{where}: is a directory")
     probe = _temporary(path)
