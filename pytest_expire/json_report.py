@@ -81,28 +81,28 @@ def register(config: pytest.Config) -> None:
     for; a path that cannot be written is a usage error, before any test runs."""
     if hasattr(config, "workerinput"):
         return  # an xdist worker: its controller reports its tests
-    path = _path(config)
-    if path is not None:
-        _check(path)
+    found = _path(config)
+    if found is not None:
+        path, source = found
+        _check(path, f"{source} {path}")
         config.pluginmanager.register(JsonReport(path), PLUGIN_NAME)
 
 
-def _path(config: pytest.Config) -> Path | None:
-    """The report's path: the option's, relative to where pytest was started; else the
-    ini's, relative to the ini file, where an empty value counts as unset."""
+def _path(config: pytest.Config) -> tuple[Path, str] | None:
+    """The report's path and where it was set: the option's, relative to where pytest
+    was started; else the ini's, relative to the ini file, where empty counts as unset."""
     option = config.getoption("expire_report")
     if option is not None:
-        return config.invocation_params.dir / Path(option).expanduser()
+        return config.invocation_params.dir / Path(option).expanduser(), OPTION
     value = str(config.getini(INI)).strip()
     if not value:
         return None
     base = config.inipath.parent if config.inipath is not None else config.rootpath
-    return base / Path(value).expanduser()
+    return base / Path(value).expanduser(), f"ini {INI}"
 
 
-def _check(path: Path) -> None:
+def _check(path: Path, where: str) -> None:
     """Fail now, not at the first expiry, if the report cannot be written to ``path``."""
-    where = f"{OPTION} {path}"
     if not path.parent.is_dir():
         problem = "is not a directory" if path.parent.exists() else "does not exist"
         raise pytest.UsageError(f"{where}: the directory {path.parent} {problem}")
@@ -162,8 +162,8 @@ class JsonReport:
         wall = start[0] if start is not None else time.time()
         self._started = datetime.fromtimestamp(wall, timezone.utc).isoformat()
         if not replaying:
-            # A worker that replays the expiries of the workers before it leaves the
-            # file they wrote until it has: it holds them.
+            # A worker that will replay the expiries of the workers before it leaves the
+            # file as they wrote it: written now, it would lose them until the replay.
             self._write()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import signal
 import textwrap
 from datetime import datetime, timedelta, timezone
@@ -218,6 +219,12 @@ def test_a_session_without_expiries_writes_an_empty_report(
     report = _report(pytester.path / "reports" / "expiries.json")
     assert (report["expired"], report["leftovers"]) == ([], [])
     assert os.listdir(pytester.path / "reports") == ["expiries.json"]  # no temporary file
+
+    # A usage error names the ini option.
+    shutil.rmtree(pytester.path / "reports")
+    result = pytester.runpytest_subprocess(*ARGS, timeout=120)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini expire_report */reports/expiries.json: the directory *"])
 
 
 def test_an_interrupted_session_leaves_a_whole_report(
