@@ -105,6 +105,8 @@ class Thread:
             "name": self.name,
             "current": self.current,
             "frames": [frame.as_json() for frame in self.frames],
+            # py-spy's native frames, among others: kept, as they read.
+            "notes": [line for line in self.lines if isinstance(line, str)],
         }
 
 

@@ -21,6 +21,7 @@ from pytest_expire import (
     dumps,
     exit_deadline,
     interrupt,
+    json_report,
     leftovers,
     newhooks,
     offspring,
@@ -171,6 +172,7 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
         default="",
     )
     timeout_compat.addoption(parser, pluginmanager)
+    json_report.addoption(parser)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -193,6 +195,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "seconds (also expires(after=seconds)); 0 or None disables the deadline; with "
         "func_only=True, each of them has the deadline on its own.",
     )
+    json_report.register(config)
     settings = from_config(config)
     timeout_compat.configure(config, active=timeout_compat.MARKER in settings.markers)
     plugin = ExpirePlugin(config, settings)

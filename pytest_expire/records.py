@@ -25,7 +25,8 @@ Then records, each a kind byte and a payload; the part of the file not
 written yet is NUL bytes, which no kind is::
 
     S  phase (uint8, 255: none yet), finished (uint8),  a test started
-       deadline (float64, NaN: none), length (uint32), node id
+       deadline (float64, NaN: none), start (float64
+       time.time()), length (uint32), node id
     R  when (uint8), duration, start, stop (float64)    a passed report, nothing more in it
     J  length (uint32), JSON                            any other report, as
                                                         pytest_report_to_serializable has it
@@ -45,6 +46,7 @@ import math
 import mmap
 import os
 import struct
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +59,7 @@ _CHUNK = 1 << 20
 
 _HEADER = struct.Struct("<BBBBidd")
 _INTERRUPTED, _DEBUGGING, _ENDED, _WATCHDOG, _STATUS, _START = 0, 1, 2, 3, 4, 8
-_STARTED = struct.Struct("<cBBdI")
+_STARTED = struct.Struct("<cBBddI")
 _PHASE_AT, _FINISHED_AT = 1, 2  # in a test's S record
 _NO_PHASE = 255
 _PASSED = struct.Struct("<cBddd")
@@ -81,12 +83,16 @@ class TestRecord:
     phase: str | None = None
     #: Whether pytest_runtest_logfinish ran for it since its last phase began.
     finished: bool = False
+    #: When it started (time.time()), as the reports' start and stop say times.
+    started: float = 0.0
     #: Passed reports as tuples, the others as pytest_report_to_serializable's dicts.
     reports: list[PassedReport | dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
     #: Set by the supervisor when the worker died in this test or after it: the
     #: wait status,
     status: int | None = None
+    #: when the supervisor found it dead (time.time()),
+    died: float | None = None
     #: the stacks the watchdog took when it killed the worker (if it did),
     stacks: str = ""
     #: and what the dead worker's output capture held (stdout, stderr).
@@ -151,6 +157,7 @@ class RecordWriter:
             _NO_PHASE,
             0,
             math.nan if seconds is None else seconds,
+            time.time(),
             len(name),
         )
         self._end = end
@@ -278,7 +285,7 @@ def _read_tests(data: bytes) -> list[TestRecord]:
     while offset < len(data):
         kind = data[offset : offset + 1]
         if kind == b"S" and offset + _STARTED.size <= len(data):
-            _, phase, finished, seconds, length = _STARTED.unpack_from(data, offset)
+            _, phase, finished, seconds, started, length = _STARTED.unpack_from(data, offset)
             start = offset + _STARTED.size
             if start + length > len(data):
                 break
@@ -288,6 +295,7 @@ def _read_tests(data: bytes) -> list[TestRecord]:
                     None if math.isnan(seconds) else seconds,
                     phase=None if phase == _NO_PHASE else PHASES[phase],
                     finished=bool(finished),
+                    started=started,
                 )
             )
             offset = start + length

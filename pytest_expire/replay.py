@@ -25,7 +25,12 @@ from _pytest.terminal import TerminalReporter
 
 from pytest_expire import report as expiry_report
 from pytest_expire.exits import how_it_ended
-from pytest_expire.records import TestRecord, report_from_record, warning_from_record
+from pytest_expire.records import (
+    PassedReport,
+    TestRecord,
+    report_from_record,
+    warning_from_record,
+)
 
 
 class QuietTerminal:
@@ -108,6 +113,9 @@ class _Test:
             for stream, text in zip(("stdout", "stderr"), test.captured, strict=True)
             if text
         ]
+        # The phase it died in began when the last one reported ended (or the test began).
+        start = max([test.started, *(_stop(recorded) for recorded in test.reports)])
+        stop = max(start, test.died or start)
         report = pytest.TestReport(
             self.nodeid,
             self.location,
@@ -116,6 +124,9 @@ class _Test:
             None,
             phase,  # type: ignore[arg-type]
             sections=sections,
+            duration=stop - start,
+            start=start,
+            stop=stop,
         )
         if test.finished:
             report.longrepr = (
@@ -138,6 +149,11 @@ class _Test:
                 "the session went on in a new one"
             )
         return report
+
+
+def _stop(recorded: PassedReport | dict[str, Any]) -> float:
+    """When the phase of a recorded report ended (time.time())."""
+    return recorded[3] if isinstance(recorded, tuple) else float(recorded.get("stop", 0.0))
 
 
 def replay(

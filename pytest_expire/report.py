@@ -15,9 +15,11 @@ JUnit XML:
 - the stacks follow the failure, in the failure itself (so that they reach
   JUnit's ``<failure>`` too), rendered to be read (``dumps``);
 - :data:`RECORD` on the report carries what a program reads (the
-  ``--expire-report`` file): the phase, the deadline, what was done, the
-  raw stacks. It survives xdist's and the supervisor's serialization of
-  reports, being plain data.
+  ``--expire-report`` file, ``json_report``): the phase, the deadline, what
+  was done, the raw stacks, and the same stacks parsed (with the names of
+  the threads of the test's process, which only that process knows). It
+  survives xdist's and the supervisor's serialization of reports, being
+  plain data.
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ def fail_as_expired(
         "deadline": seconds,
         "action": action,
         "stacks": stacks,
+        "processes": [process.as_json() for process in processes],
     }
     setattr(report, RECORD, record)
     for section in hook.pytest_expire_expired(report=report, expiry=record):

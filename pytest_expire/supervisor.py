@@ -213,6 +213,7 @@ class Supervisor:
                     records, history, start, self.grace, -1, os.getpid(), mask, self.exit.note
                 )
                 pid, status = self._run_worker(spec)
+                ended = time.time()
                 recorded = read_records(records)
             finally:
                 os.close(memory)
@@ -233,6 +234,7 @@ class Supervisor:
             start = start or recorded.session_start
             last = recorded.tests[-1]
             last.status = status
+            last.died = ended
             last.captured = _captured(self.config)
             if not last.finished and self.watchdog is not None:
                 last.stacks = read_diagnosis(self.watchdog.directory, pid, killed=True) or ""

@@ -52,7 +52,8 @@ class Worker:
     records: Path
     #: The tests earlier workers of the session ran, the last one's death included.
     history: list[TestRecord]
-    #: When the session's first worker started it (time.time(), time.perf_counter()).
+    #: When the session's first worker started it (time.time(), time.perf_counter());
+    #: None in the first worker until then.
     session_start: tuple[float, float] | None
     grace: float
     #: A pipe's end on which the supervisor writes, once the session's watchdog
@@ -222,6 +223,8 @@ class WorkerPlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self) -> None:
         start = self._worker.session_start or (time.time(), time.perf_counter())
+        # Kept for what says when the session started (``json_report``), in this worker too.
+        self._worker.session_start = start
         self._writer.session_started(*start)
         reporter = self._config.pluginmanager.get_plugin("terminalreporter")
         self._reporter = reporter if isinstance(reporter, TerminalReporter) else None

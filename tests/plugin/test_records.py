@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ def _report(when: str, outcome: str = "passed", **extra: object) -> pytest.TestR
 
 def test_what_a_killed_worker_wrote_is_there(tmp_path: Path, pytestconfig: pytest.Config) -> None:
     path = tmp_path / "records"
+    before = time.time()
     pid = os.fork()
     if pid == 0:  # the worker: records two tests, and is killed in the second one's call
         try:
@@ -61,6 +63,7 @@ def test_what_a_killed_worker_wrote_is_there(tmp_path: Path, pytestconfig: pytes
     )
     assert (second.nodeid, second.seconds, second.finished) == ("test_x.py::test_b[ü]", None, False)
     assert second.phase == "call"
+    assert before <= first.started <= second.started <= time.time()
     assert first.reports[0] == ("setup", 0.25, 100.0, 100.25)  # a passed report: its numbers
     assert isinstance(second.reports[0], dict)  # one with output keeps all of it
     assert second.reports[0]["sections"] == [["Captured stdout setup", "hello"]]
