@@ -25,7 +25,8 @@ Then records, each a kind byte and a payload; the part of the file not
 written yet is NUL bytes, which no kind is::
 
     S  phase (uint8, 255: none yet), finished (uint8),  a test started
-       deadline (float64, NaN: none), length (uint32), node id
+       deadline (float64, NaN: none), start (float64
+       verdict.wall_clock()), length (uint32), node id
     R  when (uint8), duration, start, stop (float64)    a passed report, nothing more in it
     J  length (uint32), JSON                            any other report, as
                                                         pytest_report_to_serializable has it
@@ -52,12 +53,14 @@ from typing import Any
 
 import pytest
 
+from pytest_expire.verdict import wall_clock
+
 # The record file grows by this much at least (some ten thousand tests' worth).
 _CHUNK = 1 << 20
 
 _HEADER = struct.Struct("<BBBBidd")
 _INTERRUPTED, _DEBUGGING, _ENDED, _WATCHDOG, _STATUS, _START = 0, 1, 2, 3, 4, 8
-_STARTED = struct.Struct("<cBBdI")
+_STARTED = struct.Struct("<cBBddI")
 _PHASE_AT, _FINISHED_AT = 1, 2  # in a test's S record
 _NO_PHASE = 255
 _PASSED = struct.Struct("<cBddd")
@@ -77,6 +80,8 @@ class TestRecord:
 
     nodeid: str
     seconds: float | None
+    #: When it started (``verdict.wall_clock``).
+    started: float = 0.0
     #: The phase it was last in (None: it died before its setup began).
     phase: str | None = None
     #: Whether pytest_runtest_logfinish ran for it since its last phase began.
@@ -87,8 +92,10 @@ class TestRecord:
     #: Set by the supervisor when the worker died in this test or after it: the
     #: wait status,
     status: int | None = None
-    #: the stacks the watchdog took when it killed the worker (if it did),
+    #: the stacks the watchdog took when it killed the worker (if it did), and the
+    #: token of the deadline it killed it at (the test's own, or the session's),
     stacks: str = ""
+    killed_at: float | None = None
     #: and what the dead worker's output capture held (stdout, stderr).
     captured: tuple[str, str] = ("", "")
 
@@ -151,6 +158,7 @@ class RecordWriter:
             _NO_PHASE,
             0,
             math.nan if seconds is None else seconds,
+            wall_clock(),
             len(name),
         )
         self._end = end
@@ -278,7 +286,7 @@ def _read_tests(data: bytes) -> list[TestRecord]:
     while offset < len(data):
         kind = data[offset : offset + 1]
         if kind == b"S" and offset + _STARTED.size <= len(data):
-            _, phase, finished, seconds, length = _STARTED.unpack_from(data, offset)
+            _, phase, finished, seconds, started, length = _STARTED.unpack_from(data, offset)
             start = offset + _STARTED.size
             if start + length > len(data):
                 break
@@ -286,6 +294,7 @@ def _read_tests(data: bytes) -> list[TestRecord]:
                 TestRecord(
                     data[start : start + length].decode(),
                     None if math.isnan(seconds) else seconds,
+                    started,
                     phase=None if phase == _NO_PHASE else PHASES[phase],
                     finished=bool(finished),
                 )
