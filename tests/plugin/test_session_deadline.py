@@ -167,8 +167,8 @@ def test_the_deadline_is_the_supervisors_across_workers(
     )
     (given,) = _seconds_given(result, "--expire-session=3")
     # The kill came 1 s into the run at least (0.5 s, then the grace): the new worker's
-    # test had what was left of the 3 s.
-    assert given < 2.5
+    # test had what was left of the 3 s, not 3 s less the new worker's start.
+    assert given < 2.2
     result.stdout.fnmatch_lines(
         [
             "!* Interrupted: pytest-expire: the session's deadline (--expire-session=3) passed: "
