@@ -20,9 +20,11 @@ without a link (its parent's deadlines are not its own).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pytest_expire import interrupt, stacks
 from pytest_expire.interrupt import Deadline
@@ -37,6 +39,9 @@ from pytest_expire.verdict import (
     wall_clock,
 )
 from pytest_expire.watchdog import TEST_SCOPE, notice
+
+if TYPE_CHECKING:
+    from pytest_expire.session_deadline import SessionDeadline
 
 # How long a process waits for a new watchdog once it found its own gone
 # (one watchdog start: an interpreter and a few imports), and how often it tries.
@@ -81,9 +86,13 @@ class Link:
                     revived = True
                 sleep(_RECONNECT_POLL)
 
-    def arm(self, nodeid: str, seconds: float) -> Deadline:
-        """Arm a deadline of ``seconds`` from now for test ``nodeid``."""
-        deadline = Deadline(nodeid, seconds, self._tokens.new(seconds))
+    def arm(
+        self, nodeid: str, seconds: float | None, session: SessionDeadline | None = None
+    ) -> Deadline:
+        """Arm a deadline of ``seconds`` from now for test ``nodeid``, or the ``session``'s
+        deadline if that comes first (or the test has none of its own)."""
+        deadline = Deadline(nodeid, seconds, session)
+        self._new_token(deadline)
         if not interrupt.armed:
             # The processes started from now on are this test's (a nested
             # session's tests run inside it).
@@ -91,21 +100,31 @@ class Link:
         interrupt.armed.append(deadline)
         if self._publish():
             # The wait for a new watchdog was the plugin's, not the test's.
-            deadline.token = self._tokens.new(seconds)
+            self._new_token(deadline)
             self._publish()
         return deadline
 
     def renew(self, deadline: Deadline) -> None:
-        """Give ``deadline`` its whole time again, from now (a rerun, or back from a debugger)."""
+        """Give ``deadline`` its whole time again, from now (a rerun, or back from a debugger),
+        as far as the session's deadline allows."""
         if deadline.spent and len(interrupt.armed) == 1:
             # A new attempt at the test.
             self.test_starts.add(self.page.begin_test(), deadline.nodeid)
-        deadline.token = self._tokens.new(deadline.seconds)
+        self._new_token(deadline, restart=deadline.spent)
         deadline.paused = False
         deadline.expired_in = None
         deadline.spent = False
         deadline.notes.clear()
         self._publish()
+
+    def _new_token(self, deadline: Deadline, restart: bool = True) -> None:
+        """Its token from now: its seconds, or the session's deadline if that comes first.
+        ``restart``: its test starts now (a new attempt), for what its report says."""
+        if restart:
+            deadline.started = wall_clock()
+        seconds = math.inf if deadline.seconds is None else deadline.seconds
+        limit = math.inf if deadline.session is None else deadline.session.end
+        deadline.token = self._tokens.new(seconds, limit)
 
     def suspend(self, deadline: Deadline) -> None:
         """The test of ``deadline`` ended its teardown: off the clock until it ends, or

@@ -30,6 +30,7 @@ import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
 # Public as ``pytest.fail.Exception``, which a type checker cannot subclass.
 from _pytest.outcomes import Failed
@@ -38,6 +39,9 @@ from _pytest.runner import CallInfo
 from pytest_expire.report import headline
 from pytest_expire.signals import INTERRUPT_SIGNAL
 from pytest_expire.verdict import VerdictPage
+
+if TYPE_CHECKING:
+    from pytest_expire.session_deadline import SessionDeadline
 
 # Code an exception must not cut in two: the interrupt waits until it is left.
 _INTERNAL_MODULES = ("_pytest.", "pluggy.", "pytest_expire.")
@@ -68,17 +72,25 @@ class Deadline:
         "notes",
         "paused",
         "seconds",
+        "session",
         "setup_ended",
         "spent",
+        "started",
         "token",
         "yields_to_debugger",
     )
 
-    def __init__(self, nodeid: str, seconds: float, token: float) -> None:
+    def __init__(self, nodeid: str, seconds: float | None, session: SessionDeadline | None) -> None:
         self.nodeid = nodeid
+        #: The test's own deadline (None: it has only the session's).
         self.seconds = seconds
-        #: Its expiration time as armed, and its name in the watchdog's word (``verdict``).
-        self.token = token
+        #: The session's deadline, which the one armed never passes (``session_deadline``).
+        self.session = session
+        #: Its expiration time as armed, and its name in the watchdog's word (``verdict``):
+        #: set by ``client.Link`` as it arms it.
+        self.token = 0.0
+        #: When its test (the attempt at it, with reruns) started (``verdict.wall_clock``).
+        self.started = 0.0
         self.paused = False
         #: The phase it expired in, once the test was found expired (interrupted or not).
         self.expired_in: str | None = None
@@ -93,8 +105,18 @@ class Deadline:
         #: --expire-disable-debugger-detection: then the debugged test is interrupted).
         self.yields_to_debugger = True
 
+    def said(self) -> tuple[float | None, str | None]:
+        """What its report says: the seconds it had, and the session's deadline if that
+        is the one armed (it came before the test's own): then the time its test had
+        until it."""
+        session = self.session
+        if session is not None and self.token >= session.end:
+            return max(0.0, session.end - self.started), session.label
+        return self.seconds, None
+
     def message(self) -> str:
-        return headline(self.nodeid, self.seconds, self.expired_in or "test")
+        seconds, session = self.said()
+        return headline(self.nodeid, seconds, self.expired_in or "test", session)
 
 
 #: The deadlines armed in this process, innermost last: a pytest session run

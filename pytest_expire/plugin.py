@@ -25,6 +25,7 @@ from pytest_expire import (
     leftovers,
     newhooks,
     offspring,
+    session_deadline,
     supervisor,
     timeout_compat,
     worker,
@@ -34,6 +35,7 @@ from pytest_expire.client import Link, current_link, new_link
 from pytest_expire.settings import (
     DEADLINE,
     ENV_DEFAULT,
+    ENV_SESSION,
     FUNC_ONLY,
     LEFTOVERS,
     MARKER,
@@ -79,6 +81,16 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
         ),
     )
     group.addoption(
+        "--expire-session",
+        type=argparse_seconds,
+        default=None,
+        metavar="SECONDS",
+        help=(
+            "deadline of the whole run: the test running then expires, the rest do not run; "
+            f"0 disables. Overrides ${ENV_SESSION} and the ini expire_session."
+        ),
+    )
+    group.addoption(
         "--expire-grace",
         type=argparse_seconds,
         default=None,
@@ -111,6 +123,9 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     )
     parser.addini(
         "expire_default", "default test deadline in seconds (0 or empty: none)", default=""
+    )
+    parser.addini(
+        "expire_session", "deadline of the whole run in seconds (0 or empty: none)", default=""
     )
     parser.addini(
         "expire_leftovers",
@@ -214,6 +229,7 @@ def pytest_configure(config: pytest.Config) -> None:
         plugin.recorder = worker.attach(config)
     if settings.log is not None and plugin.recorder is None and not hasattr(config, "workerinput"):
         begin_log(settings.log)  # a supervisor began it already
+    plugin.session_stop = session_deadline.register(config, settings, is_controller(config))
     exit_deadline.register(config, settings.exit, plugin.watchdog)
 
 
@@ -231,6 +247,9 @@ class ExpirePlugin:
         self.recorder: worker.WorkerPlugin | None = None
         #: What became of the processes left running when the session ended.
         self.leftovers: list[str] = []
+        #: Where this process runs tests of a session with a deadline of its own: what
+        #: stops it there (see ``session_deadline``).
+        self.session_stop: session_deadline.SessionStop | None = None
         self._per_test = _PerTest(self)
 
     def pytest_report_header(self) -> str:
@@ -239,7 +258,7 @@ class ExpirePlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         # Once per test, here: a bad marker is a usage error before any test runs.
-        armed = self.settings.default is not None
+        armed = self.settings.default is not None or self.session_stop is not None
         for item in items:
             seconds, item.stash[FUNC_ONLY] = timing_for(item, self.settings)
             item.stash[DEADLINE] = seconds
@@ -342,15 +361,17 @@ class ExpirePlugin:
             action = expiry_report.ENDED_LATE  # its interrupt never landed
         elif deadline.expired_in != report.when:
             return
+        seconds, session = deadline.said()
         expiry_report.fail_as_expired(
             report,
             self.config.hook,
-            seconds=deadline.seconds,
+            seconds=seconds,
             phase=report.when,
             action=action,
             stacks=self.diagnosis(deadline),
             thread_names=(os.getpid(), {t.ident or 0: t.name for t in threading.enumerate()}),
             notes=[f"asyncio tasks:\n{note}" for note in deadline.notes],
+            session=session,
         )
 
     def mind_children(self, report: pytest.TestReport, deadline: interrupt.Deadline) -> None:
@@ -418,6 +439,9 @@ class _PerTest:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
+        stop = self.plugin.session_stop
+        if stop is not None and stop.stops_before(item):
+            return (yield)  # past the session's deadline: it does not start
         try:
             seconds, func_only = item.stash[DEADLINE], item.stash[FUNC_ONLY]
         except KeyError:  # an item that no collection hook saw
@@ -425,11 +449,12 @@ class _PerTest:
         recorder = self.plugin.recorder
         if recorder is not None:
             recorder.test_started(item, seconds)
-        if seconds is None:
+        if seconds is None and stop is None:
             result = yield
         else:
             link = self.plugin.connect()
-            self.deadline = deadline = link.arm(item.nodeid, seconds)
+            session = None if stop is None else stop.deadline
+            self.deadline = deadline = link.arm(item.nodeid, seconds, session)
             self.func_only = func_only
             if not self.plugin.settings.debugger_detection:
                 deadline.yields_to_debugger = False

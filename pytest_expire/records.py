@@ -26,7 +26,7 @@ written yet is NUL bytes, which no kind is::
 
     S  phase (uint8, 255: none yet), finished (uint8),  a test started
        deadline (float64, NaN: none), start (float64
-       time.time()), length (uint32), node id
+       verdict.wall_clock()), length (uint32), node id
     R  when (uint8), duration, start, stop (float64)    a passed report, nothing more in it
     J  length (uint32), JSON                            any other report, as
                                                         pytest_report_to_serializable has it
@@ -46,13 +46,14 @@ import math
 import mmap
 import os
 import struct
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from pytest_expire.verdict import wall_clock
 
 # The record file grows by this much at least (some ten thousand tests' worth).
 _CHUNK = 1 << 20
@@ -79,12 +80,12 @@ class TestRecord:
 
     nodeid: str
     seconds: float | None
+    #: When it started (``verdict.wall_clock``).
+    started: float = 0.0
     #: The phase it was last in (None: it died before its setup began).
     phase: str | None = None
     #: Whether pytest_runtest_logfinish ran for it since its last phase began.
     finished: bool = False
-    #: When it started (time.time()), as the reports' start and stop say times.
-    started: float = 0.0
     #: Passed reports as tuples, the others as pytest_report_to_serializable's dicts.
     reports: list[PassedReport | dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
@@ -93,8 +94,10 @@ class TestRecord:
     status: int | None = None
     #: when the supervisor found it dead (time.time()),
     died: float | None = None
-    #: the stacks the watchdog took when it killed the worker (if it did),
+    #: the stacks the watchdog took when it killed the worker (if it did), and the
+    #: token of the deadline it killed it at (the test's own, or the session's),
     stacks: str = ""
+    killed_at: float | None = None
     #: and what the dead worker's output capture held (stdout, stderr).
     captured: tuple[str, str] = ("", "")
 
@@ -157,7 +160,7 @@ class RecordWriter:
             _NO_PHASE,
             0,
             math.nan if seconds is None else seconds,
-            time.time(),
+            wall_clock(),
             len(name),
         )
         self._end = end
@@ -293,9 +296,9 @@ def _read_tests(data: bytes) -> list[TestRecord]:
                 TestRecord(
                     data[start : start + length].decode(),
                     None if math.isnan(seconds) else seconds,
+                    started,
                     phase=None if phase == _NO_PHASE else PHASES[phase],
                     finished=bool(finished),
-                    started=started,
                 )
             )
             offset = start + length

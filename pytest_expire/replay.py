@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict, deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from _pytest import timing
@@ -31,6 +31,9 @@ from pytest_expire.records import (
     report_from_record,
     warning_from_record,
 )
+
+if TYPE_CHECKING:
+    from pytest_expire.session_deadline import SessionDeadline
 
 
 class QuietTerminal:
@@ -98,13 +101,13 @@ class _Test:
             report = report_from_record(recorded, self.nodeid, self.location, self.keywords, config)
             self.hook.pytest_runtest_logreport(report=report)
 
-    def end(self, grace: float) -> None:
+    def end(self, grace: float, session: SessionDeadline | None) -> None:
         """The test's end: how its worker died, if it died in it or after it."""
         if self.record.status is not None:
-            self.hook.pytest_runtest_logreport(report=self._death_report(grace))
+            self.hook.pytest_runtest_logreport(report=self._death_report(grace, session))
         self.hook.pytest_runtest_logfinish(nodeid=self.nodeid, location=self.location)
 
-    def _death_report(self, grace: float) -> pytest.TestReport:
+    def _death_report(self, grace: float, session: SessionDeadline | None) -> pytest.TestReport:
         test = self.record
         assert test.status is not None
         phase = "teardown" if test.finished else test.phase or "setup"
@@ -134,14 +137,19 @@ class _Test:
                 ", before its session ended; the session went on in a new one"
             )
         elif test.stacks:
+            seconds, label = test.seconds, None
+            if session is not None and (test.killed_at or 0.0) >= session.end:
+                # Killed at the session's deadline (``client.Link`` armed it, the earlier).
+                seconds, label = max(0.0, session.end - test.started), session.label
             expiry_report.fail_as_expired(
                 report,
                 self.hook,
-                seconds=test.seconds,
+                seconds=seconds,
                 phase=phase,
                 action=expiry_report.KILLED,
                 stacks=test.stacks,
-                message=expiry_report.killed(self.nodeid, test.seconds, phase, grace),
+                message=expiry_report.killed(self.nodeid, seconds, phase, grace, label),
+                session=label,
             )
         else:
             report.longrepr = (
@@ -161,11 +169,13 @@ def replay(
     history: list[TestRecord],
     grace: float,
     quiet: QuietTerminal,
+    deadline: SessionDeadline | None = None,
 ) -> None:
     """Report the tests earlier workers ran, as they reported them; drop them from the run.
 
     ``quiet`` is on (since the session started); it is turned off for the end
-    of the last test.
+    of the last test. ``deadline``: the run's deadline, which the last test may
+    have been killed at.
     """
     collected: defaultdict[str, deque[pytest.Item]] = defaultdict(deque)
     for item in session.items:
@@ -175,10 +185,10 @@ def replay(
     *before, last = tests
     for test in before:
         test.start(session.config)
-        test.end(grace)
+        test.end(grace, deadline)
     last.start(session.config)
     quiet.stop()
-    last.end(grace)
+    last.end(grace, deadline)
     session.items[:] = [item for item in session.items if id(item) not in replayed]
     lost = [test.nodeid for test in tests if test.item is None]
     if lost and not session.shouldstop:

@@ -48,29 +48,53 @@ KILLED = "killed"
 ENDED_LATE = "ended late"
 
 
-def summary(seconds: float | None, phase: str) -> str:
-    """``expired after 2 s (in call)``: the short summary's words."""
-    after = format_seconds(seconds) if seconds is not None else "its deadline"
-    return f"expired after {after} (in {phase})"
+def summary(seconds: float | None, phase: str, session: str | None = None) -> str:
+    """``expired after 2 s (in call)``: the short summary's words.
+
+    ``session`` names the session's deadline (``--expire-session=600``) when it,
+    not the test's own, is the one that passed: then ``seconds`` are the time
+    the test had until it, which no one chose, so shown to a tenth of a second.
+    """
+    words = f"expired after {_after(seconds, session)} (in {phase})"
+    return f"{words}: the session's deadline ({session}) passed" if session else words
 
 
-def headline(nodeid: str, seconds: float | None, phase: str) -> str:
+def headline(nodeid: str, seconds: float | None, phase: str, session: str | None = None) -> str:
     """The first line of the failure (and the message of the interrupt's exception)."""
-    return f"{nodeid} {summary(seconds, phase)}"
+    return f"{nodeid} {summary(seconds, phase, session)}"
 
 
-def stacks_title(nodeid: str, seconds: float | None) -> str:
+def stacks_title(nodeid: str, seconds: float | None, session: str | None = None) -> str:
     """The heading of the stacks: it keeps the deadline, as it is read alone too."""
-    after = format_seconds(seconds) if seconds is not None else "its deadline"
-    return f"expired: {nodeid} after {after}"
+    return f"expired: {nodeid} after {_after(seconds, session)}"
 
 
-def killed(nodeid: str, seconds: float | None, phase: str, grace: float) -> str:
+def killed(
+    nodeid: str, seconds: float | None, phase: str, grace: float, session: str | None = None
+) -> str:
     """The first line of the failure of a test whose process the watchdog killed."""
     return (
-        f"{headline(nodeid, seconds, phase)}; it did not stop when interrupted and its "
-        f"process was killed {format_seconds(grace)} later"
+        f"{headline(nodeid, seconds, phase, session)}; it did not stop when interrupted and "
+        f"its process was killed {format_seconds(grace)} later"
     )
+
+
+def session_stopped(session: str, not_run: int | None) -> str:
+    """Why the session stopped before its last test (``session.shouldstop``), which pytest
+    shows above the summary's last line: how many tests did not run, where that is known
+    (``None``: in an xdist worker, whose controller counts them)."""
+    words = f"pytest-expire: the session's deadline ({session}) passed"
+    if not_run is None:
+        return f"{words}: no test starts after it"
+    return f"{words}: {not_run} {'test' if not_run == 1 else 'tests'} not run"
+
+
+def _after(seconds: float | None, session: str | None) -> str:
+    if seconds is None:
+        return "its deadline"
+    if session:
+        seconds = round(seconds, 1) if seconds >= 1 else round(seconds, 2)
+    return format_seconds(seconds)
 
 
 def fail_as_expired(
@@ -84,6 +108,7 @@ def fail_as_expired(
     message: str | None = None,
     thread_names: tuple[int, dict[int, str]] | None = None,
     notes: Sequence[str] = (),
+    session: str | None = None,
 ) -> None:
     """Make ``report`` the failure of a test that expired in ``phase``, with its ``stacks``.
 
@@ -93,10 +118,12 @@ def fail_as_expired(
     of its own, ``message`` first (by default the headline), what else it
     said after. ``thread_names``, from the test's own process (its PID and
     thread names by ident), names that process's threads in the stacks;
-    ``notes`` (its asyncio tasks' stacks) follow them. Last, other plugins
-    add what they know (``hook``'s ``pytest_expire_expired``: ``newhooks``).
+    ``notes`` (its asyncio tasks' stacks) follow them. ``session`` names the
+    session's deadline when it is the one that passed (see :func:`summary`).
+    Last, other plugins add what they know (``hook``'s
+    ``pytest_expire_expired``: ``newhooks``).
     """
-    message = message or headline(report.nodeid, seconds, phase)
+    message = message or headline(report.nodeid, seconds, phase, session)
     processes = dumps.parse(stacks)
     if thread_names is not None:
         dumps.name_threads(processes, *thread_names)
@@ -104,11 +131,11 @@ def fail_as_expired(
     if not (isinstance(longrepr, ExceptionChainRepr) and message in str(longrepr)):
         longrepr = _failure(report, message, dumps.where_it_hung(processes))
     assert longrepr.reprcrash is not None
-    longrepr.reprcrash.message = summary(seconds, phase)
+    longrepr.reprcrash.message = summary(seconds, phase, session)
     if action == KILLED:
         longrepr.reprcrash.message += "; killed"
     text = "\n".join([dumps.render(processes), *notes]).rstrip()
-    longrepr.addsection(stacks_title(report.nodeid, seconds), text)
+    longrepr.addsection(stacks_title(report.nodeid, seconds, session), text)
     report.longrepr = longrepr
     report.outcome = "failed"
     if hasattr(report, "wasxfail"):
@@ -119,6 +146,7 @@ def fail_as_expired(
         "action": action,
         "stacks": stacks,
         "processes": [process.as_json() for process in processes],
+        "session_deadline": session,
     }
     setattr(report, RECORD, record)
     for section in hook.pytest_expire_expired(report=report, expiry=record):

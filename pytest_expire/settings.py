@@ -23,6 +23,7 @@ MARKER = "expires"
 #: The keyword of a marker that times each phase of its test on its own (``func_only=True``).
 FUNC_ONLY_KEYWORD = "func_only"
 ENV_DEFAULT = "PYTEST_EXPIRE_DEFAULT"
+ENV_SESSION = "PYTEST_EXPIRE_SESSION"
 DEFAULT_GRACE = 5.0
 #: How long the process that ran a session's tests has to exit once the session is over:
 #: as long as pytest-xdist gives its workers.
@@ -64,6 +65,10 @@ class Settings:
     exit: float | None = DEFAULT_EXIT
     #: The file the watchdog logs to (``--expire-log``), if any.
     log: Path | None = None
+    #: The deadline of the whole run, in seconds from its start (None: none), and
+    #: where it came from, as the reports name it (``--expire-session=600``).
+    session: float | None = None
+    session_source: str = ""
 
     def describe(self) -> str:
         deadline = (
@@ -72,6 +77,9 @@ class Settings:
             else "no default deadline"
         )
         notes = [
+            f"session deadline {format_seconds(self.session)} ({self.session_source})"
+            if self.session
+            else "",
             "func-only (setup, call and teardown each timed on its own)" if self.func_only else "",
             "" if self.debugger_detection else "debugger detection off",
             self.timeout_compat,
@@ -148,6 +156,7 @@ def from_config(config: pytest.Config) -> Settings:
     """
     compat = timeout_compat.honoured(config)
     default, source = _default(config, compat)
+    session, session_source = _session(config, compat)
     grace_option = config.getoption("expire_grace")
     if grace_option is not None:
         grace = grace_option
@@ -185,6 +194,8 @@ def from_config(config: pytest.Config) -> Settings:
         timeout_compat=timeout_compat.header_note(config),
         exit=_exit(config),
         log=_log(config),
+        session=session,
+        session_source=session_source,
     )
 
 
@@ -217,6 +228,30 @@ def _exit(config: pytest.Config) -> float | None:
         return option or None
     ini = config.getini("expire_exit")
     return _checked(parse_seconds, ini, "ini expire_exit") if ini.strip() else DEFAULT_EXIT
+
+
+def _session(config: pytest.Config, compat: bool) -> tuple[float | None, str]:
+    """The session's deadline, and where it came from, in the order of the default's
+    (``_default``): the command line, the environment, the ini; pytest-timeout's
+    ``--session-timeout`` and ``session_timeout`` after pytest-expire's names, under
+    the compat (pytest-timeout has no environment variable for it)."""
+    option = config.getoption("expire_session")
+    if option is not None:
+        return option or None, "--expire-session"
+    if compat:
+        option = config.getoption(timeout_compat.SESSION_TIMEOUT)
+        if option is not None:
+            seconds = _checked(parse_duration, option, "--session-timeout")
+            return seconds or None, "--session-timeout"
+    if os.environ.get(ENV_SESSION, "").strip():
+        return _checked(
+            parse_seconds, os.environ[ENV_SESSION], f"environment {ENV_SESSION}"
+        ), ENV_SESSION
+    ini = config.getini("expire_session")
+    if compat and not ini.strip():
+        ini = config.getini(timeout_compat.SESSION_TIMEOUT)
+        return _checked(parse_seconds, ini, "ini session_timeout"), "ini session_timeout"
+    return _checked(parse_seconds, ini, "ini expire_session"), "ini expire_session"
 
 
 def _default(config: pytest.Config, compat: bool) -> tuple[float | None, str]:

@@ -43,7 +43,7 @@ from types import ModuleType
 
 import pytest
 
-from pytest_expire import exit_deadline, leftovers, reaper, worker
+from pytest_expire import exit_deadline, leftovers, reaper, session_deadline, worker
 from pytest_expire.exits import how_it_ended
 from pytest_expire.records import TestRecord, read_flags, read_records
 from pytest_expire.settings import DEADLINE, from_config
@@ -55,7 +55,7 @@ from pytest_expire.watchdog import (
     begin_log,
     mark_supervised,
     notice,
-    read_diagnosis,
+    read_kill,
     reaper_path,
 )
 
@@ -144,8 +144,9 @@ class _Unsupervised:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> None:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and any(
-            item.stash.get(DEADLINE, None) is not None for item in session.items
+        if reporter is not None and (
+            session_deadline.of(session.config) is not None
+            or any(item.stash.get(DEADLINE, None) is not None for item in session.items)
         ):
             reporter.write_line(
                 f"pytest-expire: {self.threads} threads ran in this process when pytest "
@@ -166,11 +167,15 @@ class Supervisor:
         self.log = settings.log
         if self.log is not None:
             begin_log(self.log)
-        # Started at once when every test has a deadline, so that every worker
-        # inherits its address and its start overlaps the worker's collection;
-        # else once a worker finds a test that has one: a session without any
-        # starts none.
-        self.watchdog = SessionWatchdog(self.grace, self.log) if settings.default else None
+        # Started at once when every test has a deadline (the session's at least),
+        # so that every worker inherits its address and its start overlaps the
+        # worker's collection; else once a worker finds a test that has one: a
+        # session without any starts none.
+        self.watchdog = (
+            SessionWatchdog(self.grace, self.log) if settings.default or settings.session else None
+        )
+        # The run's deadline counts from now, whatever workers it takes.
+        self.session_deadline = session_deadline.SessionDeadline.from_now(settings)
         self.end_leftovers = settings.end_leftovers
         # The time the last worker has to exit once its session ended.
         self.exit = exit_deadline.SupervisedExit(settings.exit)
@@ -210,7 +215,15 @@ class Supervisor:
             try:
                 records = Path(f"/proc/self/fd/{memory}")
                 spec = worker.Worker(
-                    records, history, start, self.grace, -1, os.getpid(), mask, self.exit.note
+                    records,
+                    history,
+                    start,
+                    self.grace,
+                    -1,
+                    os.getpid(),
+                    mask,
+                    self.exit.note,
+                    self.session_deadline,
                 )
                 pid, status = self._run_worker(spec)
                 ended = time.time()
@@ -237,7 +250,9 @@ class Supervisor:
             last.died = ended
             last.captured = _captured(self.config)
             if not last.finished and self.watchdog is not None:
-                last.stacks = read_diagnosis(self.watchdog.directory, pid, killed=True) or ""
+                kill = read_kill(self.watchdog.directory, pid)
+                if kill is not None:
+                    last.killed_at, last.stacks = kill
             history.extend(recorded.tests)
             attempt += 1
 

@@ -32,6 +32,7 @@ TIMEOUT = "timeout"
 METHOD = "timeout_method"
 FUNC_ONLY_INI = "timeout_func_only"
 NO_DEBUGGER_DETECTION = "timeout_disable_debugger_detection"
+SESSION_TIMEOUT = "session_timeout"
 _METHODS = ("signal", "thread")
 # pytest-timeout's plugin: its entry-point name (``-p no:timeout``) and its module.
 _PLUGIN_NAMES = ("timeout", "pytest_timeout")
@@ -122,7 +123,16 @@ def addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) 
         action="store_true",
         help="as --expire-disable-debugger-detection.",
     )
+    group.addoption(
+        "--session-timeout",
+        dest=SESSION_TIMEOUT,
+        metavar="SECONDS",
+        help="as --expire-session, which comes first; 0 disables.",
+    )
     parser.addini(TIMEOUT, "pytest-timeout's: as expire_default, which comes first", default="")
+    parser.addini(
+        SESSION_TIMEOUT, "pytest-timeout's: as expire_session, which comes first", default=""
+    )
     parser.addini(METHOD, f"pytest-timeout's: {_METHOD_IGNORED}", default="")
     parser.addini(
         FUNC_ONLY_INI, "pytest-timeout's: as expire_func_only", type="bool", default=False
@@ -158,6 +168,7 @@ def honoured(config: pytest.Config) -> bool:
                 ("--timeout", TIMEOUT),
                 ("--timeout-method", METHOD),
                 ("--timeout-disable-debugger-detection", NO_DEBUGGER_DETECTION),
+                ("--session-timeout", SESSION_TIMEOUT),
             )
             if config.getoption(dest)
         ]
@@ -209,7 +220,7 @@ def configure(config: pytest.Config, active: bool) -> None:
         return
     unhonoured = [
         key
-        for key in (TIMEOUT, METHOD, FUNC_ONLY_INI, NO_DEBUGGER_DETECTION)
+        for key in (TIMEOUT, METHOD, FUNC_ONLY_INI, NO_DEBUGGER_DETECTION, SESSION_TIMEOUT)
         if _is_set(config.getini(key))
     ]
     if unhonoured:

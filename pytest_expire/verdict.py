@@ -178,8 +178,10 @@ class Tokens:
         self._page = page
         self._last = 0.0
 
-    def new(self, seconds: float) -> float:
-        token = wall_clock() + seconds
+    def new(self, seconds: float, limit: float = math.inf) -> float:
+        """``seconds`` from now, or ``limit`` (the session's deadline) if that comes first:
+        then the token is ``limit``, or just past it, never before."""
+        token = min(wall_clock() + seconds, limit)
         while token == self._last or self._page.expired(token):
             token = math.nextafter(token, math.inf)
         self._last = token

@@ -79,7 +79,18 @@ def read_diagnosis(
     (yet). The file is removed once read: the next test of that process to
     expire, or a later process with the same PID, must never find it.
     """
-    path = diagnosis_path(directory, pid, killed)
+    taken = _take_diagnosis(diagnosis_path(directory, pid, killed), token)
+    return None if taken is None else taken[1]
+
+
+def read_kill(directory: Path, pid: int) -> tuple[float, str] | None:
+    """The token of the deadline at which the watchdog killed process ``pid``'s test (the
+    session's deadline, or the test's own: ``session_deadline``), and the stacks it took
+    then; None if it killed none. Removed once read, as :func:`read_diagnosis` does."""
+    return _take_diagnosis(diagnosis_path(directory, pid, killed=True), None)
+
+
+def _take_diagnosis(path: Path, token: float | None) -> tuple[float, str] | None:
     try:
         header, _, text = path.read_text(encoding="utf-8").partition("\n")
     except FileNotFoundError:
@@ -87,7 +98,7 @@ def read_diagnosis(
     if token is not None and header != token.hex():
         return None  # about another deadline: the one asked about has none yet
     path.unlink(missing_ok=True)
-    return text
+    return float.fromhex(header), text
 
 
 def child_expiries_path(directory: Path, pid: int) -> Path:

@@ -30,7 +30,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 from _pytest._io import TerminalWriter
@@ -41,6 +41,9 @@ from pytest_expire.records import RecordWriter, TestRecord
 from pytest_expire.replay import QuietTerminal, replay, restore_session_start, stop_if_asked
 from pytest_expire.settings import DEADLINE
 from pytest_expire.timer._watchdog import die_with_parent
+
+if TYPE_CHECKING:
+    from pytest_expire.session_deadline import SessionDeadline
 
 GC_FREEZE_INI = "expire_gc_freeze"
 
@@ -64,6 +67,8 @@ class Worker:
     signal_mask: set[int | signal.Signals]
     #: Where to leave the note its exit watcher reads (``exit_notes``); None: not watched.
     exit_note: Path | None = None
+    #: The deadline of the whole run, fixed by the supervisor as it started (None: none).
+    session_deadline: SessionDeadline | None = None
 
 
 #: In a worker process: the worker, what records its session, and the session's config.
@@ -240,14 +245,22 @@ class WorkerPlugin:
             # Opted in: what collection made lives as long as the session, out
             # of reach of the collections that would walk it again and again.
             gc.freeze()
-        if any(item.stash.get(DEADLINE, None) is not None for item in session.items):
+        if self._worker.session_deadline is not None or any(
+            item.stash.get(DEADLINE, None) is not None for item in session.items
+        ):
             self._join_watchdog()
         if not self._worker.history:
             return None  # pytest's loop runs the tests
         start = self._worker.session_start
         if start is not None:
             restore_session_start(self._config, *start)
-        replay(session, self._worker.history, self._worker.grace, self._quiet)
+        replay(
+            session,
+            self._worker.history,
+            self._worker.grace,
+            self._quiet,
+            self._worker.session_deadline,
+        )
         _run_the_rest(session)
         return True
 

@@ -39,13 +39,14 @@ from typing import Any, Literal, NamedTuple
 import pytest
 
 from pytest_expire import report as expiry_report
+from pytest_expire import session_deadline
 from pytest_expire.settings import DEADLINE
-from pytest_expire.verdict import monotonic_clock
+from pytest_expire.verdict import monotonic_clock, wall_clock
 from pytest_expire.watchdog import (
     SessionWatchdog,
     diagnosis_path,
     mark_supervised,
-    read_diagnosis,
+    read_kill,
 )
 
 Phase = Literal["setup", "call", "teardown"]
@@ -183,14 +184,27 @@ class CrashReporter:
             progress = _Progress(crashitem, "setup", 0.0)  # it died before its setup ended
         report.when = progress.phase
         start = self._take_start(crashitem)
+        started = None
         if start is not None:
             started, report.location = start
             # Its phases reported count already: the test took from its start to the crash.
             report.duration = max(0.0, crashed - started - progress.reported)
         kill = self._kill_of(workerid)
-        stacks = read_diagnosis(self.directory, kill["pid"], killed=True) if kill else None
-        if kill is not None and stacks is not None:
+        taken = read_kill(self.directory, kill["pid"]) if kill else None
+        if kill is not None and taken is not None:
+            killed_at, stacks = taken
             seconds = kill["deadlines"].get(crashitem, kill["default"])
+            session = session_deadline.of(self.config)
+            label = None
+            if session is not None and killed_at >= session.end:
+                # Killed at the session's deadline (the earlier one, as the worker armed it):
+                # the report gives the time the test had until it, from its start.
+                label = session.label
+                seconds = (
+                    None
+                    if started is None
+                    else max(0.0, session.end - wall_clock() + crashed - started)
+                )
             report.longrepr = None  # xdist's "worker crashed": the failure says more
             expiry_report.fail_as_expired(
                 report,
@@ -199,7 +213,8 @@ class CrashReporter:
                 phase=progress.phase,
                 action=expiry_report.KILLED,
                 stacks=stacks,
-                message=expiry_report.killed(crashitem, seconds, progress.phase, self.grace),
+                message=expiry_report.killed(crashitem, seconds, progress.phase, self.grace, label),
+                session=label,
             )
 
     def _stop_if_asked(self) -> None:

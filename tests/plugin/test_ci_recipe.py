@@ -57,8 +57,9 @@ def test_the_recipe_keeps_every_report_and_annotates_each_expiry(
     result = pytester.runpytest_subprocess(*args, "-p", "no:randomly", timeout=120)
     result.assert_outcomes(passed=1, failed=2)
     # One annotation per expired test, at the test's file, saying how it expired.
-    annotations = [line for line in result.stdout.lines if "::error file=test_suite.py" in line]
-    assert len(annotations) == 2, result.stdout.str()
+    output = result.stdout.lines + result.stderr.lines
+    annotations = [line for line in output if line.startswith("::error file=test_suite.py")]
+    assert len(annotations) == 2, "\n".join(output)
     assert any(line.endswith("expired after 0.5 s (in call); killed") for line in annotations)
     assert any(line.endswith("expired after 0.5 s (in call)") for line in annotations)
     # Every file the recipe uploads is there and says what happened.

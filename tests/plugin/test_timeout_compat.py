@@ -323,7 +323,13 @@ def test_without_the_opt_in_the_marker_is_unknown_and_sets_nothing(
 
 @without_pytest_timeout
 @pytest.mark.parametrize(
-    "option", ["--timeout=30", "--timeout-method=thread", "--timeout-disable-debugger-detection"]
+    "option",
+    [
+        "--timeout=30",
+        "--timeout-method=thread",
+        "--timeout-disable-debugger-detection",
+        "--session-timeout=30",
+    ],
 )
 def test_without_the_opt_in_pytest_timeouts_options_are_usage_errors(
     pytester: pytest.Pytester, option: str
