@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from pytest_expire import (
+    coverage_data,
     dumps,
     exit_deadline,
     interrupt,
@@ -438,6 +439,9 @@ class _PerTest:
                 # this test's deadline and grace.
                 self.deadline = None
                 link.disarm(deadline)
+        # What coverage.py measured in the test reaches its data file, should
+        # this process be killed in the next one.
+        coverage_data.test_ended()
         if recorder is not None:
             recorder.test_finished()
         return result
