@@ -16,14 +16,19 @@ by pytest-cov, by ``COVERAGE_PROCESS_START``, by ``[run] patch = fork``):
 - a supervised worker records into a data file of its own beside the
   coverage's one, ``<data file>.<host>.pid<N>.pytest-expire``
   (:func:`worker_started`), and saves it as it ends (:func:`worker_ending`);
-- after each test, what it measured is written to the data file
+- after each test with a deadline (the tests a kill may follow), in any
+  process of the session, what was measured is written to the data file
   (:func:`test_ended`): only the lines measured since the last write;
 - once its last worker ended, the supervisor combines the workers' files
   into its own data, before coverage.py saves it, where that data is a
   file a report reads as it is (no per-process suffix); where it has one
   (pytest-cov, ``coverage run -p``), the combine that reads it (pytest-cov's
   at the end of the last worker, ``coverage combine``) finds the workers'
-  files beside it (:func:`workers_ended`).
+  files beside it (:func:`workers_ended`);
+- under pytest-xdist, which replaces a dead worker with one whose
+  pytest-cov erases every parallel data file as it starts, the xdist
+  controller sets the dead worker's data file aside and puts it back for
+  the combine (:func:`set_aside`, :func:`put_back`).
 
 coverage.py's public API has no way to write what was measured so far
 without a walk of the source tree for files never run (``get_data()``, some
@@ -40,8 +45,10 @@ session that does not measure coverage pays nothing.
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import os
+import shutil
 import socket
 import sys
 import warnings
@@ -59,6 +66,8 @@ if TYPE_CHECKING:
 
 #: The end of the name of a worker's data file.
 TAG = "pytest-expire"
+#: The start of the name of a dead xdist worker's data file, while it is set aside.
+_SET_ASIDE = "coverage"
 
 # Whether this process said already that coverage.py's internals are not
 # what this module knows: once is enough.
@@ -247,6 +256,38 @@ def workers_ended(pids: list[int], plugins: pytest.PytestPluginManager) -> None:
     with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore", exceptions.CoverageWarning)
         coverage.combine(data_paths=paths)
+
+
+def set_aside(pid: int, directory: Path) -> None:
+    """In an xdist controller, as its worker ``pid`` is found dead: move the data files
+    that worker wrote as its tests ended into ``directory``, out of its
+    replacement's way.
+
+    pytest-cov erases every parallel data file as an xdist worker starts,
+    and xdist replaces a dead worker at once. The files are found by the
+    name coverage.py gives a process's data file (``<data file>.<host>.pid<N>.X<random>x``).
+    """
+    coverage = _current()
+    internals = None if coverage is None else _internals(coverage)
+    if internals is None:
+        return
+    pattern = f"{glob.escape(internals[0].base_filename())}.*.pid{pid}.*"
+    for number, path in enumerate(sorted(glob.glob(pattern))):
+        shutil.move(path, directory / f"{_SET_ASIDE}.pid{pid}.{number}")
+
+
+def put_back(directory: Path) -> None:
+    """In an xdist controller, once its workers are down: the data files set aside
+    (:func:`set_aside`) go back beside the others, for the combine that follows."""
+    coverage = _current()
+    internals = None if coverage is None else _internals(coverage)
+    if internals is None:
+        return
+    base = internals[0].base_filename()
+    host = socket.gethostname().replace(".", "_")
+    for path in sorted(directory.glob(f"{_SET_ASIDE}.pid*")):
+        process = path.name.removeprefix(f"{_SET_ASIDE}.")
+        shutil.move(path, f"{base}.{host}.{process}.{TAG}")
 
 
 def _pytest_cov(plugins: pytest.PytestPluginManager) -> object:

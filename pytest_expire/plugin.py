@@ -52,7 +52,12 @@ from pytest_expire.watchdog import (
     read_diagnosis,
     take_child_expiries,
 )
-from pytest_expire.xdist_support import CrashReporter, announce_worker, is_controller
+from pytest_expire.xdist_support import (
+    CoverageRescue,
+    CrashReporter,
+    announce_worker,
+    is_controller,
+)
 
 PLUGIN_NAME = "expire-session"
 # How long a report waits for the stacks the watchdog is taking (it dumps for
@@ -205,6 +210,8 @@ def pytest_configure(config: pytest.Config) -> None:
         plugin.watchdog.keep_alive()
         reporter = CrashReporter(config, plugin.watchdog, settings.grace)
         config.pluginmanager.register(reporter, "expire-xdist")
+        rescue = CoverageRescue(plugin.watchdog.directory)
+        config.pluginmanager.register(rescue, "expire-xdist-coverage")
         sweeper = leftovers.ControllerLeftovers(plugin.watchdog.directory, settings.end_leftovers)
         config.pluginmanager.register(sweeper, "expire-xdist-leftovers")
     else:

@@ -129,6 +129,24 @@ def test_pytest_cov_counts_the_tests_before_a_kill(pytester: pytest.Pytester) ->
     assert _data_files(pytester.path) == [".coverage"]
 
 
+def test_pytest_cov_under_xdist_counts_the_tests_before_a_kill(pytester: pytest.Pytester) -> None:
+    """xdist replaces the killed worker, and pytest-cov's replacement erases the data
+    files it finds as it starts: the killed one's is set aside until the combine."""
+    pytest.importorskip("pytest_cov")
+    pytest.importorskip("xdist")
+    _project(pytester.path, SUITE_WITH_A_KILL)
+    result = pytester.runpytest_subprocess(
+        *ARGS,
+        *("-p", "no:randomly", "-n", "2", "--dist", "loadfile"),
+        *("--cov=mod", "--cov-report=json:cov.json"),
+        timeout=120,
+    )
+    result.assert_outcomes(passed=2, failed=1)
+    report = json.loads((pytester.path / "cov.json").read_text())["files"]
+    assert sorted(report["mod.py"]["executed_lines"]) == RUN_OF_MOD
+    assert _data_files(pytester.path) == [".coverage"]
+
+
 def test_an_interrupted_pytest_cov_session_leaves_no_data_files(
     pytester: pytest.Pytester,
 ) -> None:
