@@ -140,7 +140,7 @@ def _internals(coverage: Coverage) -> tuple[CoverageData, Collector] | None:
     return None
 
 
-def worker_file(base: str, pid: int) -> str:
+def _worker_file(base: str, pid: int) -> str:
     """The data file of the supervised worker ``pid`` for the coverage data file ``base``.
 
     Named as coverage.py names a parallel data file (``<base>.<suffix>``), so
@@ -151,6 +151,14 @@ def worker_file(base: str, pid: int) -> str:
 
 def _suffix(pid: int) -> str:
     return f"{socket.gethostname().replace('.', '_')}.pid{pid}.{TAG}"
+
+
+def workers_starting() -> None:
+    """In the supervisor, before its first worker: say now, once for all its workers,
+    if coverage.py measures and its internals are not what this module knows."""
+    coverage = _current()
+    if coverage is not None:
+        _internals(coverage)
 
 
 def worker_started() -> WorkerCoverage | None:
@@ -240,7 +248,7 @@ def workers_ended(pids: list[int], plugins: pytest.PytestPluginManager) -> None:
         # sets in its xdist controller for the same reason.)
         coverage._warn_no_data = False
         coverage._warn_unimported_source = False
-    paths = [path for pid in pids if Path(path := worker_file(data.base_filename(), pid)).exists()]
+    paths = [path for pid in pids if Path(path := _worker_file(data.base_filename(), pid)).exists()]
     if not paths:
         return
     if coverage is _pytest_cov(plugins):

@@ -183,6 +183,7 @@ class Supervisor:
         # Taken by sigwaitinfo: the worker's end, its call for a watchdog, and
         # Ctrl-C (see _wait).
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED_FOR)
+        coverage_data.workers_starting()
         try:
             return self._supervise(mask)
         except RuntimeError as error:  # the watchdog did not start

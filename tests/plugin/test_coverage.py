@@ -238,6 +238,24 @@ def test_coverage_started_at_process_start(pytester: pytest.Pytester, parallel: 
     assert _executed(pytester.path, f"--rcfile={rc}")["mod.py"] == RUN_OF_MOD
 
 
+def test_coverage_in_memory_only_is_said_once_per_session(pytester: pytest.Pytester) -> None:
+    """A program that measures without a data file (data_file=None) cannot have its
+    workers' data: said once, before the first worker, not once per worker."""
+    _project(pytester.path, SUITE_WITH_A_KILL)
+    program = (
+        "import coverage, pytest\n"
+        "measurement = coverage.Coverage(data_file=None, source=['.'])\n"
+        "measurement.start()\n"
+        "status = pytest.main()\n"
+        "measurement.stop()\n"
+        "raise SystemExit(status)\n"
+    )
+    output = _run(pytester.path, "-c", program, "-p", "no:randomly", *ARGS)
+    assert "1 failed, 2 passed" in output
+    assert output.count("pytest-expire: coverage.py") == 1, output
+    assert "kept in memory only" in output
+
+
 def test_an_unknown_coverage_is_said_once(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
