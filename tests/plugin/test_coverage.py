@@ -181,15 +181,20 @@ def test_pytest_cov_without_a_kill_measures_as_bare_pytest(
     assert runs["bare"]["mod.py"] == RUN_OF_MOD
 
 
-@pytest.mark.parametrize("kill", [False, True], ids=["no kill", "a kill"])
+@pytest.mark.parametrize("kill", [False, True], ids=["no deadline", "a kill"])
 def test_coverage_run_measures_as_bare_pytest(pytester: pytest.Pytester, kill: bool) -> None:
     """Without -p: one data file, which the supervisor and its workers once erased
-    in turn (0 %, without any kill)."""
+    in turn (0 %, without any kill). Without a deadline, the worker writes its
+    data only as it ends: what ran after the tests too."""
     _project(pytester.path, SUITE_WITH_A_KILL if kill else SUITE)
-    _session(pytester.path, "-m", "coverage", "run", "--source=.")
+    if not kill:
+        (pytester.path / "conftest.py").write_text(
+            "import mod\n\ndef pytest_unconfigure():\n    mod.second()\n"
+        )
+    _session(pytester.path, "-m", "coverage", "run", "--source=.", pytest_args=ARGS if kill else ())
     measured = _executed(pytester.path)
     assert _data_files(pytester.path) == [".coverage"]
-    assert measured["mod.py"] == RUN_OF_MOD
+    assert measured["mod.py"] == (RUN_OF_MOD if kill else [1, 2, 5, 6, 9, 10])
     if kill:
         suite = measured["test_suite.py"]
         assert {_line_of("mod.first()"), _line_of("mod.third()")} <= set(suite)
