@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from pytest_expire import (
+    coverage_data,
     dumps,
     exit_deadline,
     interrupt,
@@ -54,7 +55,12 @@ from pytest_expire.watchdog import (
     read_diagnosis,
     take_child_expiries,
 )
-from pytest_expire.xdist_support import CrashReporter, announce_worker, is_controller
+from pytest_expire.xdist_support import (
+    CoverageRescue,
+    CrashReporter,
+    announce_worker,
+    is_controller,
+)
 
 PLUGIN_NAME = "expire-session"
 # How long a report waits for the stacks the watchdog is taking (it dumps for
@@ -222,6 +228,8 @@ def pytest_configure(config: pytest.Config) -> None:
         plugin.watchdog.keep_alive()
         reporter = CrashReporter(config, plugin.watchdog, settings.grace)
         config.pluginmanager.register(reporter, "expire-xdist")
+        rescue = CoverageRescue(plugin.watchdog.directory)
+        config.pluginmanager.register(rescue, "expire-xdist-coverage")
         sweeper = leftovers.ControllerLeftovers(plugin.watchdog.directory, settings.end_leftovers)
         config.pluginmanager.register(sweeper, "expire-xdist-leftovers")
     else:
@@ -466,6 +474,9 @@ class _PerTest:
                 # this test's deadline and grace.
                 self.deadline = None
                 link.disarm(deadline)
+        # What coverage.py measured in the test reaches its data file, should
+        # this process be killed in the next one.
+        coverage_data.test_ended()
         if recorder is not None:
             recorder.test_finished()
         return result

@@ -43,7 +43,7 @@ from types import ModuleType
 
 import pytest
 
-from pytest_expire import exit_deadline, leftovers, reaper, session_deadline, worker
+from pytest_expire import coverage_data, exit_deadline, leftovers, reaper, session_deadline, worker
 from pytest_expire.exits import how_it_ended
 from pytest_expire.records import TestRecord, read_flags, read_records
 from pytest_expire.settings import DEADLINE, from_config
@@ -181,17 +181,24 @@ class Supervisor:
         self.exit = exit_deadline.SupervisedExit(settings.exit)
         # What the tests start stays this process's, even once its parent died.
         self.reaper = reaper.set_subreaper(True)
+        #: The workers forked so far: their coverage data is combined after the last.
+        self.workers: list[int] = []
 
     def run(self) -> int:
         # Taken by sigwaitinfo: the worker's end, its call for a watchdog, and
         # Ctrl-C (see _wait).
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED_FOR)
+        coverage_data.workers_starting()
         try:
             return self._supervise(mask)
         except RuntimeError as error:  # the watchdog did not start
             notice(str(error))
             return pytest.ExitCode.INTERNAL_ERROR
         finally:
+            try:
+                coverage_data.workers_ended(self.workers, self.config.pluginmanager)
+            except Exception as error:  # the session's exit status comes first
+                notice(f"the workers' coverage data could not be combined: {error!r}")
             # Ctrl-Cs taken care of already must not raise once unblocked.
             while signal.sigtimedwait({signal.SIGINT}, 0) is not None:
                 pass
@@ -277,6 +284,7 @@ class Supervisor:
                 worker.run(spec, self.config, self.plugin)
             finally:
                 os._exit(pytest.ExitCode.INTERNAL_ERROR)
+        self.workers.append(pid)
         os.close(spec.ready)
         try:
             return pid, self._wait(pid, spec.records, ready)

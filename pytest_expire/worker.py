@@ -36,7 +36,7 @@ import pytest
 from _pytest._io import TerminalWriter
 from _pytest.terminal import TerminalReporter
 
-from pytest_expire import exit_notes
+from pytest_expire import coverage_data, exit_notes
 from pytest_expire.records import RecordWriter, TestRecord
 from pytest_expire.replay import QuietTerminal, replay, restore_session_start, stop_if_asked
 from pytest_expire.settings import DEADLINE
@@ -73,6 +73,8 @@ class Worker:
 
 #: In a worker process: the worker, what records its session, and the session's config.
 current: tuple[Worker, RecordWriter, pytest.Config] | None = None
+#: In a worker process that coverage.py measures: its measurement, in a data file of its own.
+measured: coverage_data.WorkerCoverage | None = None
 
 
 def run(worker: Worker, config: pytest.Config, plugin: ModuleType) -> NoReturn:
@@ -82,12 +84,13 @@ def run(worker: Worker, config: pytest.Config, plugin: ModuleType) -> NoReturn:
     forked this process) is left out of the hook call, which runs every other
     implementation: pytest's main among them.
     """
-    global current
+    global current, measured
     signal.pthread_sigmask(signal.SIG_SETMASK, worker.signal_mask)
     # Killed with its supervisor, even by SIGKILL: a worker left running a
     # hung test would have no watchdog.
     die_with_parent(worker.supervisor_pid, signal.SIGKILL)
     _exit_handlers_of_its_own()
+    measured = coverage_data.worker_started()
     if worker.exit_note is not None:
         exit_notes.record()
     writer = RecordWriter(worker.records)
@@ -124,6 +127,9 @@ def _exit(worker: Worker, writer: RecordWriter, status: int) -> NoReturn:
     flush_standard_streams()
     if worker.exit_note is not None:
         os.kill(worker.supervisor_pid, signal.SIGCHLD)  # the clock starts now
+    # As `coverage run` saves, before the interpreter's exit: whatever a thread
+    # or an exit handler does next may hang until the process is killed.
+    coverage_data.worker_ending(measured)
     threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
     flush_standard_streams()
@@ -161,6 +167,8 @@ def attach(config: pytest.Config) -> WorkerPlugin | None:
     worker, writer, _ = current
     recorder = WorkerPlugin(config, worker, writer)
     config.pluginmanager.register(recorder, "expire-worker")
+    if measured is not None:
+        config.pluginmanager.register(measured, "expire-coverage")
     return recorder
 
 

@@ -25,6 +25,10 @@ and xdist's schedulers by scope (``--dist loadscope``, ``loadfile``,
 ``loadgroup``) do not run a test the watchdog killed again on the next
 worker (they run the test a worker died in again, pytest-xdist#1371: a
 hung test would hang each new worker until xdist stops replacing them).
+
+And the coverage of the tests a killed worker ran before its hung one,
+written as each ended (``coverage_data``), is kept from the replacement
+worker, whose pytest-cov erases every parallel data file as it starts.
 """
 
 from __future__ import annotations
@@ -38,8 +42,8 @@ from typing import Any, Literal, NamedTuple
 
 import pytest
 
+from pytest_expire import coverage_data, session_deadline
 from pytest_expire import report as expiry_report
-from pytest_expire import session_deadline
 from pytest_expire.settings import DEADLINE
 from pytest_expire.verdict import monotonic_clock, wall_clock
 from pytest_expire.watchdog import (
@@ -250,6 +254,35 @@ class CrashReporter:
             return None  # it armed no deadline
         killed = diagnosis_path(self.directory, announcement["pid"], killed=True).exists()
         return announcement if killed else None
+
+
+class CoverageRescue:
+    """In an xdist controller: the coverage data a dead worker wrote as its tests ended
+    reaches the report (its replacement would erase it as it starts, under pytest-cov)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object | None) -> None:
+        # Called before xdist starts the replacement.
+        if error is None:
+            return
+        try:
+            pid = json.loads(
+                _worker_path(self.directory, node.workerinput["workerid"]).read_text()
+            )["pid"]
+        except (OSError, ValueError):
+            return  # it armed no deadline: it wrote no data as its tests ended
+        coverage_data.set_aside(pid, self.directory)
+
+    # Innermost: after the last worker is down, before pytest-cov combines the data files.
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_runtestloop(self) -> Generator[None, object, object]:
+        try:
+            return (yield)
+        finally:
+            coverage_data.put_back(self.directory)
 
 
 def _worker_id(report: pytest.TestReport) -> str | None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "timer_servers.py"
 
@@ -63,3 +64,16 @@ def test_xdist_benchmark_runs_every_variant() -> None:
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][2:]
     assert [row.split("|")[1].strip() for row in rows][:3] == ["bare", "expire-idle", "expire"]
+
+
+def test_coverage_flush_benchmark_prints_both_writes() -> None:
+    pytest.importorskip("coverage")
+    script = SCRIPT.parent / "coverage_flush.py"
+    command = [sys.executable, str(script), "--quick", "--tests", "5"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in rows[1:]] == [
+        "test_ended()",
+        "Coverage.get_data()",
+    ], done.stdout
