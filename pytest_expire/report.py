@@ -149,9 +149,12 @@ def fail_as_expired(
         "session_deadline": session,
     }
     setattr(report, RECORD, record)
-    for section in hook.pytest_expire_expired(report=report, expiry=record):
-        title, content = section
-        longrepr.addsection(title, content)
+    try:
+        sections = hook.pytest_expire_expired(report=report, expiry=record)
+    except Exception as error:  # another plugin's fault must not lose this report
+        sections = [("pytest_expire_expired failed", f"{type(error).__name__}: {error}")]
+    for title, content in sections:
+        longrepr.addsection(str(title), str(content))
 
 
 def _failure(

@@ -117,6 +117,19 @@ def test_other_plugins_add_their_state_to_the_report(
     assert said in (failure.text or "")
 
 
+def test_a_hook_that_fails_loses_nothing(
+    pytester: pytest.Pytester, workers: tuple[str, ...], marked: str
+) -> None:
+    pytester.makeconftest("def pytest_expire_expired(report, expiry):\n    raise KeyError('x')\n")
+    pytester.makepyfile(test_suite=SLEEPS + FOLLOWER)
+    result = pytester.runpytest_subprocess(*ARGS, "-p", "no:randomly", *workers, timeout=120)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*- pytest_expire_expired failed -*", "KeyError: 'x'"])
+    result.stdout.fnmatch_lines(
+        ["FAILED test_suite.py::test_sleeps - expired after 0.5 s (in call)"]
+    )
+
+
 def test_the_watchdogs_notices_are_never_inside_the_progress_line(
     pytester: pytest.Pytester, marked: str
 ) -> None:
