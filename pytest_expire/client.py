@@ -146,7 +146,8 @@ class Link:
             if armed[position] is deadline:
                 del armed[position]
                 break
-        self._publish()
+        if armed or not deadline.spent:  # else its suspension published it gone already
+            self._publish()
 
     def expired(self, deadline: Deadline) -> bool:
         """Whether ``deadline`` passed: the watchdog said so, or it is behind this clock.

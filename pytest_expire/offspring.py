@@ -33,7 +33,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from pytest_expire import registry
+from pytest_expire import reaper, registry
 from pytest_expire.dumps import shortened
 from pytest_expire.signals import send
 from pytest_expire.verdict import monotonic_clock, page_path, start_time
@@ -102,6 +102,8 @@ def _families(
 ) -> list[Offspring]:
     """``roots`` and their descendants, less ``excluded``, each with the test its
     ``entries`` say it started in; parents first."""
+    if not _any_running(roots, excluded):
+        return []  # the usual case, which spares a session psutil's import
     import psutil
 
     found: dict[int, Offspring] = {}
@@ -165,15 +167,25 @@ def owner_of(directory: Path, pid: int) -> registry.Entry | None:
 def _orphans(directory: Path, pid: int) -> list[int]:
     """The children of the session's reaper that are neither process ``pid`` nor helpers:
     processes that left the tree they were started in."""
-    import psutil
+    subreaper = _read_pids(reaper_path(directory))
+    if not subreaper or subreaper[0] == pid:
+        return []
+    return reaper.children(subreaper[0])
 
-    reaper = _read_pids(reaper_path(directory))
-    if not reaper or reaper[0] == pid:
-        return []
-    try:
-        return [child.pid for child in psutil.Process(reaper[0]).children()]
-    except psutil.Error:
-        return []
+
+def _any_running(roots: list[int], excluded: set[int]) -> bool:
+    """Whether a process among ``roots`` and their descendants runs, less ``excluded``."""
+    seen: set[int] = set()
+    pending = list(roots)
+    while pending:
+        pid = pending.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        if pid not in excluded and os.path.exists(f"/proc/{pid}"):
+            return True
+        pending += reaper.children(pid)
+    return False
 
 
 def attribute(offspring: list[Offspring], starts: registry.TestStarts) -> list[Offspring]:

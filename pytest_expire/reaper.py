@@ -34,12 +34,17 @@ def set_subreaper(enabled: bool) -> bool:
         return False
 
 
-def children() -> list[int]:
-    """The PIDs of this process's children (listed by the thread that is their parent)."""
+def children(pid: int | str = "self") -> list[int]:
+    """The PIDs of the children of process ``pid``, this one by default (listed by the
+    thread that is their parent); none if it ended."""
     pids: list[int] = []
-    for thread in os.listdir("/proc/self/task"):
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:  # no such process
+        return pids
+    for thread in threads:
         try:
-            with open(f"/proc/self/task/{thread}/children") as listing:
+            with open(f"/proc/{pid}/task/{thread}/children") as listing:
                 pids += [int(word) for word in listing.read().split()]
         except OSError:  # the thread ended
             continue
