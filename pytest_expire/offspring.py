@@ -4,14 +4,17 @@ A test's hang often lives in a process it started, and a process a test
 started may outlive it (a leaked child, a double-forked daemon, a
 grandchild holding the output pipe). This module finds them, for the
 watchdog at a deadline and for the test's process at the end of a test or
-of the session, in three places:
+of the session, in three places, and a fourth at the session's end:
 
 - the *tree* of the process that runs the tests (the *test process*);
 - the *registry* (``registry``): every Python process that joined the
   session on the test process's behalf, wherever its parent went;
 - the *reaper*'s children: a supervised session's supervisor is a child
   subreaper (``supervisor``), so that a process that left the tree (its
-  parent died) becomes its child instead of init's, and stays in reach.
+  parent died) becomes its child instead of init's, and stays in reach;
+- the session's mark in the environment a program was started with
+  (:func:`marked_by`): for the programs that left the tree where no
+  subreaper adopted them, looked for once, when the session ends.
 
 A process is the running test's if it started after the test did (the
 verdict page holds when: ``verdict.boot_ticks``); a registered one says
@@ -37,7 +40,7 @@ from pytest_expire import reaper, registry
 from pytest_expire.dumps import shortened
 from pytest_expire.signals import send
 from pytest_expire.verdict import monotonic_clock, page_path, start_time
-from pytest_expire.watchdog import helpers_path, reaper_path
+from pytest_expire.watchdog import DIRECTORY_ENV, helpers_path, reaper_path
 
 if TYPE_CHECKING:
     import psutil
@@ -64,20 +67,29 @@ class Offspring(NamedTuple):
         return f"process {self.process.pid} ({shortened(self.command)}){during}"
 
 
+#: What pytest-xdist names a worker by in its environment (and so in its children's).
+_XDIST_WORKER_ENV = "PYTEST_XDIST_WORKER"
+_XDIST_WORKER_PREFIX = f"{_XDIST_WORKER_ENV}=".encode()
+
+
 def of_test(directory: Path, pid: int, since: int) -> list[Offspring]:
     """The processes started since ``since`` by the test that process ``pid`` runs,
     parents before their children."""
     return [child for child in of_session(directory, pid) if child.started >= since]
 
 
-def of_session(directory: Path, pid: int) -> list[Offspring]:
+def of_session(directory: Path, pid: int, marked: bool = False) -> list[Offspring]:
     """Every running process that the tests of process ``pid`` started, parents first.
 
     Those that joined on behalf of a test process that is gone (a killed
     worker's) too: its replacement, which runs the rest of its tests, finds them.
+    ``marked``: also those started with the session's mark in their environment
+    (:func:`marked_by`), which the test process ``pid``, this one, runs.
     """
     entries = {entry.pid: entry for entry in registry.entries(directory)}
     roots = [pid, *_orphans(directory, pid)]
+    if marked:
+        roots += marked_by(directory)
     roots += [
         entry.pid
         for entry in entries.values()
@@ -171,6 +183,38 @@ def _orphans(directory: Path, pid: int) -> list[int]:
     if not subreaper or subreaper[0] == pid:
         return []
     return reaper.children(subreaper[0])
+
+
+def marked_by(directory: Path) -> list[int]:
+    """The processes started with the mark of the session ``directory`` in their environment
+    (``DIRECTORY_ENV``), by this process's tests: the second net, for a process that
+    left every tree the session walks where no subreaper adopted it (an unsupervised
+    session's double-forked daemon).
+
+    ``/proc/PID/environ`` is the environment a program was started with: a
+    process forked without ``exec`` shows the one its ancestor was started
+    with, which has no mark (the registry knows the Python ones). Under
+    pytest-xdist, the mark names the session, whose workers share it, so a
+    process must also have been started under this process's worker (its
+    ``PYTEST_XDIST_WORKER``). Reads the environment of every process this
+    user may read: milliseconds, once, at the end of the session.
+    """
+    mark = f"{DIRECTORY_ENV}={directory}".encode()
+    worker = os.environ.get(_XDIST_WORKER_ENV)
+    ours = None if worker is None else f"{_XDIST_WORKER_ENV}={worker}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as environ:
+                variables = environ.read().split(b"\0")
+        except OSError:  # ended, or not ours to read
+            continue
+        workers = [variable for variable in variables if variable.startswith(_XDIST_WORKER_PREFIX)]
+        if mark in variables and workers == ([ours] if ours else []):
+            found.append(int(name))
+    return found
 
 
 def _any_running(roots: list[int], excluded: set[int]) -> bool:

@@ -283,7 +283,7 @@ class ExpirePlugin:
         if link is None or link.nested:
             return  # no test had a deadline; or the tests of a session around this one go on
         found = offspring.attribute(
-            offspring.of_session(link.directory, os.getpid()), link.test_starts
+            offspring.of_session(link.directory, os.getpid(), marked=True), link.test_starts
         )
         self.leftovers = leftovers.settle(found, self.settings.end_leftovers)
         workeroutput = getattr(self.config, "workeroutput", None)

@@ -175,6 +175,38 @@ def test_a_daemon_a_passing_test_leaked_is_ended_when_the_session_ends(
     )
 
 
+def test_an_unsupervised_sessions_daemon_is_found_by_its_environment(
+    pytester: pytest.Pytester, marked: str
+) -> None:
+    # A thread at start-up keeps the tests in the process that was started:
+    # no subreaper adopts the daemon, which leaves every tree at once.
+    pytester.makeconftest(
+        """
+        import threading
+        threading.Thread(target=threading.Event().wait, daemon=True).start()
+        """
+    )
+    pytester.makepyfile(
+        test_suite=DAEMON
+        + textwrap.dedent(
+            """
+            def test_leaks_a_daemon():
+                start_daemon(1007)
+            """
+        )
+        + FOLLOWER
+    )
+    result = pytester.runpytest_subprocess(*ARGS, timeout=120)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*threads ran in this process when pytest started*",
+            "*- processes the tests left running -*",
+            f"process * (sleep 1007){during('test_leaks_a_daemon')}: ended by SIGTERM",
+        ]
+    )
+
+
 def test_leftovers_only_listed_when_told(pytester: pytest.Pytester, run: Run, marked: str) -> None:
     pytester.makeini("[pytest]\nexpire_leftovers = list\n")
     result = run(
