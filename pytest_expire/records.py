@@ -106,6 +106,7 @@ class TestRecord:
 class WorkerRecords:
     """Everything a worker recorded: its tests in the order it ran them, and its session."""
 
+    #: Empty if its session ended (see ``read_records``).
     tests: list[TestRecord]
     #: It began handling a KeyboardInterrupt.
     interrupted: bool = False
@@ -265,21 +266,28 @@ def read_flags(path: Path) -> Flags:
 
 
 def read_records(path: Path) -> WorkerRecords:
-    """What a worker recorded, its tests in order; only the last one may be unfinished."""
+    """What a worker recorded, its tests in order; only the last one may be unfinished.
+
+    The tests only of a worker whose session did not end: one that ended it
+    reported every test itself, and reading a large suite's records would
+    delay the end of every run for nothing.
+    """
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as file:
+            data = file.read(_HEADER.size)
+            if len(data) < _HEADER.size:
+                return WorkerRecords([])
+            interrupted, _, ended, _, status, wall, perf = _HEADER.unpack_from(data)
+            if not ended:
+                data += file.read()
     except FileNotFoundError:
         return WorkerRecords([])
-    if len(data) < _HEADER.size:
-        return WorkerRecords([])
-    interrupted, _, ended, _, status, wall, perf = _HEADER.unpack_from(data)
-    records = WorkerRecords(
-        _read_tests(data),
+    return WorkerRecords(
+        [] if ended else _read_tests(data),
         interrupted=bool(interrupted),
         exitstatus=status if ended else None,
         session_start=(wall, perf) if wall else None,
     )
-    return records
 
 
 def _read_tests(data: bytes) -> list[TestRecord]:

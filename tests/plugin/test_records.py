@@ -94,10 +94,14 @@ def test_the_end_of_the_session_and_the_flags_are_read(tmp_path: Path) -> None:
     assert (flags.interrupted, flags.debugging, flags.wants_watchdog) == (True, True, True)
     writer.debugging(False)
     assert read_flags(path).debugging is False
+    writer.started("test_x.py::test_a", None)
     assert read_records(path).exitstatus is None
+    assert [test.nodeid for test in read_records(path).tests] == ["test_x.py::test_a"]
     writer.session_ended(2)
     writer.close()
-    assert read_records(path).exitstatus == 2
+    ended = read_records(path)
+    # A worker that ended its session reported its tests itself: they are not read.
+    assert (ended.exitstatus, ended.tests) == (2, [])
 
 
 def test_a_report_comes_back_as_it_was_recorded(
