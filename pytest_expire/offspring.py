@@ -187,34 +187,73 @@ def _orphans(directory: Path, pid: int) -> list[int]:
 
 def marked_by(directory: Path) -> list[int]:
     """The processes started with the mark of the session ``directory`` in their environment
-    (``DIRECTORY_ENV``), by this process's tests: the second net, for a process that
-    left every tree the session walks where no subreaper adopted it (an unsupervised
+    (``DIRECTORY_ENV``), by this process's tests, that left the session's tree: the
+    second net, for a process no subreaper of the session adopted (an unsupervised
     session's double-forked daemon).
 
     ``/proc/PID/environ`` is the environment a program was started with: a
     process forked without ``exec`` shows the one its ancestor was started
-    with, which has no mark (the registry knows the Python ones). Under
-    pytest-xdist, the mark names the session, whose workers share it, so a
-    process must also have been started under this process's worker (its
-    ``PYTEST_XDIST_WORKER``). Reads the environment of every process this
-    user may read: milliseconds, once, at the end of the session.
+    with, which has no mark (the registry knows the Python ones). The
+    session's own processes carry the mark too (pytest-xdist's workers, and
+    the workers of a session a test runs), and the tree walk finds every
+    marked process still under the session's first process: only those
+    outside it are listed. Under pytest-xdist the mark names the session,
+    whose workers share it, so a process must also have been started under
+    this process's worker (its ``PYTEST_XDIST_WORKER``). Reads the
+    environment of every process this user may read: milliseconds, once, at
+    the end of the session.
     """
     mark = f"{DIRECTORY_ENV}={directory}".encode()
     worker = os.environ.get(_XDIST_WORKER_ENV)
     ours = None if worker is None else f"{_XDIST_WORKER_ENV}={worker}".encode()
+    first = _first_of_session(mark)
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as environ:
-                variables = environ.read().split(b"\0")
-        except OSError:  # ended, or not ours to read
+        variables = _environment(name)
+        if variables is None or mark not in variables:
             continue
         workers = [variable for variable in variables if variable.startswith(_XDIST_WORKER_PREFIX)]
-        if mark in variables and workers == ([ours] if ours else []):
+        if workers == ([ours] if ours else []) and first not in _ancestors(int(name)):
             found.append(int(name))
     return found
+
+
+def _first_of_session(mark: bytes) -> int:
+    """The session's first process: this one if it was started without ``mark``, else
+    the ancestor that set it (the closest one started without it)."""
+    if mark not in (_environment("self") or []):
+        return os.getpid()
+    line = _ancestors(os.getpid())
+    for ancestor in line:
+        if mark not in (_environment(str(ancestor)) or []):
+            return ancestor
+    return line[-1] if line else os.getpid()
+
+
+def _ancestors(pid: int) -> list[int]:
+    """The parent of ``pid``, its parent, and so on up to init (none if it ended)."""
+    line = []
+    while pid > 1:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                # The command name, in parentheses, may hold any byte: fields follow the last ")".
+                pid = int(stat.read().rpartition(b")")[2].split()[1])
+        except (OSError, IndexError, ValueError):  # ended meanwhile
+            break
+        line.append(pid)
+    return line
+
+
+def _environment(pid: str) -> list[bytes] | None:
+    """The environment process ``pid`` was started with; None if it ended or is not ours
+    to read."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            return environ.read().split(b"\0")
+    except OSError:
+        return None
 
 
 def _any_running(roots: list[int], excluded: set[int]) -> bool:

@@ -458,3 +458,25 @@ def test_no_process_holds_the_sessions_output_open(
     assert session.returncode == 0, output
     assert "3 passed" in output, output
     assert "processes the tests left running" in output, output
+
+
+@pytest.mark.parametrize("outer_worker", ["gw0", "gw1"])
+def test_a_workers_end_spares_the_other_workers_of_a_session_run_by_an_xdist_worker(
+    pytester: pytest.Pytester, marked: str, monkeypatch: pytest.MonkeyPatch, outer_worker: str
+) -> None:
+    # A session a test runs under pytest-xdist inherits the outer worker's name:
+    # its own workers are started with it and with the session's mark. The
+    # worker that ends first must not take the other, still running a test,
+    # for a process its tests left behind. Each outer name matches one of them.
+    pytest.importorskip("xdist")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", outer_worker)
+    pytester.makepyfile(
+        test_a="def test_quick():\n    pass\n",
+        test_b="import time\n\ndef test_slow():\n    time.sleep(2)\n",
+    )
+    result = pytester.runpytest_subprocess(
+        *ARGS, "-n", "2", "--dist", "loadfile", "--expire-default=10", timeout=120
+    )
+    result.assert_outcomes(passed=2)
+    assert "crashed" not in result.stdout.str()
+    assert "processes the tests left running" not in result.stdout.str()
