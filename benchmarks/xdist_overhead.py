@@ -3,12 +3,13 @@
 
 Run::
 
-    python benchmarks/xdist_overhead.py [--tests N] [--rounds N] [--workers N]
+    python benchmarks/xdist_overhead.py [--tests N] [--rounds N] [--workers N] [--no-warm-up]
 
 It generates a suite of trivial tests (``def test_N(): pass``, modules of
 500) and runs it with ``python -m pytest -q -p no:cacheprovider -n WORKERS``
 under each variant, the variants in a row in each round, once untimed
-first (bytecode caches): ``bare`` (the plugin blocked with ``-p no:expire``),
+first (bytecode caches; ``--no-warm-up`` skips it, for a quick check that
+the script runs): ``bare`` (the plugin blocked with ``-p no:expire``),
 ``expire-idle`` (loaded, no deadline: the controller still starts the
 watchdog, see docs/plugin.md), ``expire`` (``--expire-default=60``), and
 ``timeout-signal`` (pytest-timeout's signal method, when installed). It
@@ -59,6 +60,12 @@ def main() -> None:
     parser.add_argument("--tests", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--warm-up",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run each variant once untimed first (default: yes)",
+    )
     options = parser.parse_args()
     installed = entry_points()
     variants = {
@@ -75,8 +82,9 @@ def main() -> None:
             flat = [word for pair in blocked for word in pair]
             commands[key] = [*flat, "-n", str(options.workers), *args]
         times: dict[str, list[float]] = {key: [] for key in commands}
-        for command in commands.values():
-            run(directory, command)  # bytecode caches
+        if options.warm_up:
+            for command in commands.values():
+                run(directory, command)  # bytecode caches
         for round_ in range(options.rounds):
             for key, command in commands.items():
                 times[key].append(run(directory, command))

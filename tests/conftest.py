@@ -1,13 +1,26 @@
-"""Fixtures shared by the whole suite."""
+"""Fixtures and settings shared by the whole suite."""
 
 from __future__ import annotations
 
 import multiprocessing.resource_tracker
 import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
+
+# The suite starts a thousand Python processes (the sessions under test, their
+# workers, their children). Each compiles anew every module it imports, and
+# pytest rewrites the asserts of every plugin's (this one's, hypothesis's)
+# anew, when bytecode may not be written (PYTHONDONTWRITEBYTECODE, as some
+# CI images and containers set it): half a second of CPU per pytest process.
+# They write it, then, into a cache of their own outside the source tree.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+os.environ["PYTHONPYCACHEPREFIX"] = str(
+    Path(tempfile.gettempdir()) / f"bytecode-of-the-pytest-expire-suite-{os.getuid()}"
+)
 
 
 def _helper_pids() -> set[int]:

@@ -59,7 +59,7 @@ def test_suite_overhead_benchmark_runs_every_part() -> None:
 
 def test_xdist_benchmark_runs_every_variant() -> None:
     script = SCRIPT.parent / "xdist_overhead.py"
-    command = [sys.executable, str(script), "--tests", "20", "--rounds", "1"]
+    command = [sys.executable, str(script), "--tests", "20", "--rounds", "1", "--no-warm-up"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][2:]

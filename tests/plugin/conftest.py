@@ -36,3 +36,13 @@ def marked(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     shutil.rmtree(temp_dir, ignore_errors=True)
     assert not alive, f"processes outlived the session: {[p.info for p in alive]}"
     assert not session_directories, f"left in the temp directory: {session_directories}"
+
+
+@pytest.fixture(params=["serial", "xdist"])
+def workers(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """The session under test runs serially (supervised), then with 2 xdist workers:
+    the arguments that say which."""
+    if request.param == "xdist":
+        pytest.importorskip("xdist")
+        return ("-n", "2")
+    return ()

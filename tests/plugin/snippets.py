@@ -1,4 +1,5 @@
-"""Test code the plugin's tests share: hangs no interrupt ends, waiting, probing py-spy."""
+"""Test code the plugin's tests share: hangs no interrupt ends, running a suite, waiting,
+probing py-spy."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,6 +73,19 @@ def test_hangs():
 )
 
 ARGS = ("--expire-default=0.5", "--expire-grace=0.5")
+
+
+def run_suite(
+    pytester: pytest.Pytester,
+    source: str,
+    *args: str,
+    follower: bool = False,
+    timeout: float = 120,
+) -> pytest.RunResult:
+    """A pytest session in a subprocess of ``source`` as ``test_suite.py``, then of
+    ``FOLLOWER`` (a test that must still run) if asked, its tests in the order written."""
+    pytester.makepyfile(test_suite=textwrap.dedent(source) + (FOLLOWER if follower else ""))
+    return pytester.runpytest_subprocess("-p", "no:randomly", *args, timeout=timeout)
 
 
 @contextmanager

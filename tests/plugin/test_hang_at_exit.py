@@ -11,15 +11,14 @@ process and no session directory behind (the ``marked`` fixture).
 
 from __future__ import annotations
 
-import textwrap
 import time
 from collections.abc import Callable
 
 import pytest
-from snippets import FOLLOWER
+from snippets import run_suite
 
 #: A short exit deadline; deadlines on the tests (where given) are far off.
-ARGS = ("--expire-exit=1", "-p", "no:randomly")
+ARGS = ("--expire-exit=1",)
 #: Far more than a session with an exit deadline of 1 s takes, even on a loaded
 #: machine; far less than a session that waits for ever (or for xdist's own limit,
 #: some 10 s past the deadline).
@@ -69,10 +68,11 @@ def run(pytester: pytest.Pytester, mode: str) -> Run:
     its result, and how long it took."""
 
     def run(source: str, *args: str) -> tuple[pytest.RunResult, float]:
-        pytester.makepyfile(test_suite=textwrap.dedent(source) + FOLLOWER)
         workers = ("-n", "2") if mode == "xdist" else ()
         began = time.monotonic()
-        result = pytester.runpytest_subprocess(*ARGS, *workers, *args, timeout=2 * TOO_LONG)
+        result = run_suite(
+            pytester, source, *ARGS, *workers, *args, follower=True, timeout=2 * TOO_LONG
+        )
         return result, time.monotonic() - began
 
     return run

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from snippets import ARGS, GIL_HANG_SUITE, pytest_job, wait_until_exists
+from snippets import ARGS, GIL_HANG_SUITE, pytest_job, run_suite, wait_until_exists
 
 import pytest_expire
 from pytest_expire import json_report
@@ -169,11 +169,8 @@ def test_every_expiry_is_in_the_report_as_the_session_runs(
     # The hangs first, in this order: serially, the killed test's worker dies after
     # reporting two expiries, and the next one must write all three.
     source = WAITS_IN_A_HELPER + ENDS_LATE + GIL_HANG_SUITE + READS_THE_REPORT
-    pytester.makepyfile(test_suite=textwrap.dedent(source))
     before = datetime.now(timezone.utc)
-    result = pytester.runpytest_subprocess(
-        *ARGS, "-p", "no:randomly", "--expire-report=report.json", *workers, timeout=120
-    )
+    result = run_suite(pytester, source, *ARGS, "--expire-report=report.json", *workers)
     result.assert_outcomes(passed=2, failed=3)
     report = _report(pytester.path / "report.json")
 

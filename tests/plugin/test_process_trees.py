@@ -341,77 +341,75 @@ def hang(*args):
 """
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        pytest.param(
-            """
-            import multiprocessing
-            queue = multiprocessing.get_context("spawn").Queue()
-            child = multiprocessing.get_context("spawn").Process(target=queue.get)
-            child.start()
-            child.join()
-            """,
-            id="spawn child on a queue",
-        ),
-        pytest.param(
-            """
-            import multiprocessing
-            queue = multiprocessing.get_context("forkserver").Queue()
-            child = multiprocessing.get_context("forkserver").Process(target=queue.get)
-            child.start()
-            child.join()
-            """,
-            id="forkserver child on a queue",
-        ),
-        pytest.param(
-            """
-            import multiprocessing
-            with multiprocessing.get_context("forkserver").Pool(2) as pool:
-                pool.apply(hang)
-            """,
-            id="Pool",
-        ),
-        pytest.param(
-            """
-            from concurrent.futures import ProcessPoolExecutor
-            with ProcessPoolExecutor(1) as executor:
-                executor.submit(hang).result()
-            """,
-            id="ProcessPoolExecutor",
-        ),
-        pytest.param(
-            """
-            import subprocess, sys
-            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"]).wait()
-            """,
-            id="Popen of Python",
-        ),
-        pytest.param(
-            """
-            import subprocess, sys
-            subprocess.run([sys.executable, "-c", "import time; time.sleep(1000)"])
-            """,
-            id="subprocess.run of Python",
-        ),
-        pytest.param(
-            """
-            import subprocess
-            subprocess.run(["bash", "-c", "sleep 1000 & wait"])
-            """,
-            id="bash sleep and wait",
-        ),
-    ],
-)
-def test_a_hung_pool_or_child_ends_with_its_test(run: Run, marked: str, body: str) -> None:
+#: Tests that hang in processes they started, by how they started them.
+HUNG_IN_CHILDREN = {
+    "spawn_child_on_a_queue": """
+        import multiprocessing
+        queue = multiprocessing.get_context("spawn").Queue()
+        child = multiprocessing.get_context("spawn").Process(target=queue.get)
+        child.start()
+        child.join()
+        """,
+    "forkserver_child_on_a_queue": """
+        import multiprocessing
+        queue = multiprocessing.get_context("forkserver").Queue()
+        child = multiprocessing.get_context("forkserver").Process(target=queue.get)
+        child.start()
+        child.join()
+        """,
+    "pool": """
+        import multiprocessing
+        with multiprocessing.get_context("forkserver").Pool(2) as pool:
+            pool.apply(hang)
+        """,
+    "process_pool_executor": """
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(1) as executor:
+            executor.submit(hang).result()
+        """,
+    "popen_of_python": """
+        import subprocess, sys
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"]).wait()
+        """,
+    "subprocess_run_of_python": """
+        import subprocess, sys
+        subprocess.run([sys.executable, "-c", "import time; time.sleep(1000)"])
+        """,
+    "bash_sleep_and_wait": """
+        import subprocess
+        subprocess.run(["bash", "-c", "sleep 1000 & wait"])
+        """,
+}
+
+
+def test_a_hung_pool_or_child_ends_with_its_test(
+    pytester: pytest.Pytester, mode: str, marked: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Whether the interrupt lands (and the processes are ended after the
     # teardown) or not (ProcessPoolExecutor's exit waits for its hung worker:
     # the test's process is killed with its tree), the test fails as
     # expired, the next one passes, and nothing is left (the marked fixture).
-    source = "def test_hangs_in_its_children():\n" + textwrap.indent(textwrap.dedent(body), "    ")
-    result = run(source, helpers=HANG)
-    result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*test_hangs_in_its_children expired after 1 s (in call)*"])
+    # One session for all: each way of starting children in a module of its own.
+    for kind, body in HUNG_IN_CHILDREN.items():
+        test = "def test_hangs_in_its_children():\n" + textwrap.indent(
+            textwrap.dedent(body), "    "
+        )
+        pytester.makepyfile(**{f"test_{kind}": HANG + test + FOLLOWER})
+    workers = ("-n", "2") if mode == "xdist" else ()
+    monkeypatch.setenv("COLUMNS", "300")  # the short summary's lines in full
+    # Any deadline will do: half a second each, and as long a grace.
+    result = pytester.runpytest_subprocess(
+        *ARGS, "--expire-default=0.5", "--expire-grace=0.5", *workers, timeout=120
+    )
+    result.assert_outcomes(passed=len(HUNG_IN_CHILDREN), failed=len(HUNG_IN_CHILDREN))
+    for kind in HUNG_IN_CHILDREN:
+        result.stdout.fnmatch_lines(
+            [
+                f"*test_{kind}.py::test_hangs_in_its_children expired after 0.5 s (in call)*",
+                f"FAILED test_{kind}.py::test_hangs_in_its_children - expired after 0.5 s*",
+            ]
+        )
+        result.stdout.fnmatch_lines([f"PASSED test_{kind}.py::test_still_runs"])
 
 
 OUTPUT_HOLDERS = """

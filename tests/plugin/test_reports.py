@@ -9,11 +9,10 @@ JUnit's ``<failure>``, whether the test was interrupted, ended late or killed.
 
 from __future__ import annotations
 
-import textwrap
 import xml.etree.ElementTree as ET
 
 import pytest
-from snippets import ARGS, FOLLOWER, GIL_HANG_SUITE
+from snippets import ARGS, FOLLOWER, GIL_HANG_SUITE, run_suite
 
 WAITS_IN_A_HELPER = """
 import time
@@ -37,85 +36,82 @@ def test_hangs():
 """
 
 
-@pytest.fixture(params=["serial", "xdist"])
-def workers(request: pytest.FixtureRequest) -> tuple[str, ...]:
-    if request.param == "xdist":
-        pytest.importorskip("xdist")
-        return ("-n", "2")
-    return ()
-
-
-def _failure(pytester: pytest.Pytester, name: str) -> ET.Element:
+def _failure(pytester: pytest.Pytester, module: str, name: str) -> ET.Element:
+    """The JUnit failure of ``module``'s test ``name``."""
     cases = ET.parse(pytester.path / "report.xml").getroot().iter("testcase")
-    (case,) = [case for case in cases if case.get("name") == name]
+    (case,) = [
+        case for case in cases if (case.get("classname"), case.get("name")) == (module, name)
+    ]
     (failure,) = [child for child in case if child.tag == "failure"]
     return failure
 
 
-def _run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
-    pytester.makepyfile(test_suite=textwrap.dedent(source) + FOLLOWER)
-    return pytester.runpytest_subprocess(
-        *ARGS, "-p", "no:randomly", "--junitxml=report.xml", *args, timeout=120
-    )
-
-
-def test_an_interrupted_test(
+def test_an_interrupted_a_late_and_a_killed_test(
     pytester: pytest.Pytester, workers: tuple[str, ...], marked: str
 ) -> None:
-    result = _run(pytester, WAITS_IN_A_HELPER, *workers)
-    result.assert_outcomes(passed=1, failed=1)
+    # One session, each test in a module of its own with a test that must pass after it.
+    pytester.makepyfile(
+        test_interrupted=WAITS_IN_A_HELPER + FOLLOWER,
+        test_ends_late=ENDS_LATE + FOLLOWER,
+        test_killed=GIL_HANG_SUITE,
+    )
+    result = pytester.runpytest_subprocess(
+        *ARGS, "-p", "no:randomly", "-rA", "--junitxml=report.xml", *workers, timeout=120
+    )
+    result.assert_outcomes(passed=3, failed=3)
     result.stdout.fnmatch_lines(
         [
-            "*- expired: test_suite.py::test_hangs after 0.5 s -*",
+            "PASSED test_ends_late.py::test_still_runs",
+            "PASSED test_interrupted.py::test_still_runs",
+            "PASSED test_killed.py::test_still_runs",
+        ]
+    )
+    assert "_pytest/runner.py" not in result.stdout.str()
+
+    # Interrupted: its stacks, folded, where it waits.
+    result.stdout.fnmatch_lines(
+        [
+            "*- expired: test_interrupted.py::test_hangs after 0.5 s -*",
             "--- process *: the test's process ---",
             'Thread 0x* "MainThread", the test\'s (most recent call first):',
-            '  File "*test_suite.py", line 4 in wait_for_ever',
-            '  File "*test_suite.py", line 7 in test_hangs',
+            '  File "*test_interrupted.py", line 4 in wait_for_ever',
+            '  File "*test_interrupted.py", line 7 in test_hangs',
             "  (* frames of pytest, pluggy*)",
         ]
     )
     result.stdout.fnmatch_lines(
-        ["FAILED test_suite.py::test_hangs - expired after 0.5 s (in call)"]
+        ["FAILED test_interrupted.py::test_hangs - expired after 0.5 s (in call)"]
     )
-    assert "_pytest/runner.py" not in result.stdout.str()
-    failure = _failure(pytester, "test_hangs")
+    failure = _failure(pytester, "test_interrupted", "test_hangs")
     assert failure.get("message") == "expired after 0.5 s (in call)"
     text = failure.text or ""
-    assert "expired: test_suite.py::test_hangs after 0.5 s" in text
+    assert "expired: test_interrupted.py::test_hangs after 0.5 s" in text
     assert "line 4 in wait_for_ever" in text
 
-
-def test_a_test_that_ended_past_its_deadline(
-    pytester: pytest.Pytester, workers: tuple[str, ...], marked: str
-) -> None:
-    result = _run(pytester, ENDS_LATE, *workers)
-    result.assert_outcomes(passed=1, failed=1)
+    # Ended past its deadline (it swallowed its interrupt): where it was.
     result.stdout.fnmatch_lines(
         [
-            "*test_suite.py::test_hangs expired after 0.5 s (in call)",
+            "*test_ends_late.py::test_hangs expired after 0.5 s (in call)",
             "where it was:",
-            '  File "*test_suite.py", line 5 in test_hangs',
+            '  File "*test_ends_late.py", line 5 in test_hangs',
         ]
     )
     result.stdout.fnmatch_lines(
-        ["FAILED test_suite.py::test_hangs - expired after 0.5 s (in call)"]
+        ["FAILED test_ends_late.py::test_hangs - expired after 0.5 s (in call)"]
     )
-    assert _failure(pytester, "test_hangs").get("message") == "expired after 0.5 s (in call)"
+    failure = _failure(pytester, "test_ends_late", "test_hangs")
+    assert failure.get("message") == "expired after 0.5 s (in call)"
 
-
-def test_a_killed_test(pytester: pytest.Pytester, workers: tuple[str, ...], marked: str) -> None:
-    result = _run(pytester, GIL_HANG_SUITE, *workers)
-    result.assert_outcomes(passed=1, failed=1)
+    # Killed: the kill said in full, where it hung, and the stacks taken before the kill.
     result.stdout.fnmatch_lines(
-        ["FAILED test_suite.py::test_hangs - expired after 0.5 s (in call); killed"]
+        ["FAILED test_killed.py::test_hangs - expired after 0.5 s (in call); killed"]
     )
-    failure = _failure(pytester, "test_hangs")
+    failure = _failure(pytester, "test_killed", "test_hangs")
     assert failure.get("message") == "expired after 0.5 s (in call); killed"
     text = failure.text or ""
-    # The kill said in full, where it hung, and the stacks taken before the kill.
     assert "it did not stop when interrupted and its process was killed 0.5 s later" in text
     assert "in hold_the_gil_forever" in text
-    assert "expired: test_suite.py::test_hangs after 0.5 s" in text
+    assert "expired: test_killed.py::test_hangs after 0.5 s" in text
 
 
 NESTED_AWAITS = """
@@ -135,7 +131,7 @@ def test_hangs():
 def test_a_hung_coroutine_is_shown_down_to_its_innermost_await(
     pytester: pytest.Pytester, marked: str
 ) -> None:
-    result = _run(pytester, NESTED_AWAITS)
+    result = run_suite(pytester, NESTED_AWAITS, *ARGS, follower=True)
     result.assert_outcomes(passed=1, failed=1)
     # Suspended, the coroutines are on no thread's stack: their task knows them.
     result.stdout.fnmatch_lines(

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import textwrap
 import xml.etree.ElementTree as ET
 
 import pytest
-from snippets import HOLD_THE_GIL_FOREVER
+from snippets import HOLD_THE_GIL_FOREVER, run_suite
 
 #: One test that passes, then tests that hang (each worker of two starts one at least).
 HANGS_AFTER_ONE = """
@@ -72,19 +71,8 @@ def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "300")
 
 
-@pytest.fixture(params=["serial", "xdist"])
-def workers(request: pytest.FixtureRequest) -> tuple[str, ...]:
-    if request.param == "xdist":
-        pytest.importorskip("xdist")
-        return ("-n", "2")
-    return ()
-
-
 def _run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
-    pytester.makepyfile(test_suite=textwrap.dedent(source))
-    return pytester.runpytest_subprocess(
-        "-p", "no:randomly", "--expire-grace=0.5", "--junitxml=report.xml", *args, timeout=120
-    )
+    return run_suite(pytester, source, "--expire-grace=0.5", "--junitxml=report.xml", *args)
 
 
 def _cases(pytester: pytest.Pytester) -> dict[str, list[ET.Element]]:

@@ -25,14 +25,6 @@ def test_sleeps():
 """
 
 
-@pytest.fixture(params=["serial", "xdist"])
-def workers(request: pytest.FixtureRequest) -> tuple[str, ...]:
-    if request.param == "xdist":
-        pytest.importorskip("xdist")
-        return ("-n", "2")
-    return ()
-
-
 def test_the_debug_info_hook_and_the_kills_reach_the_log(
     pytester: pytest.Pytester, workers: tuple[str, ...], marked: str
 ) -> None:
@@ -93,28 +85,32 @@ def pytest_expire_expired(report, expiry):
 """
 
 
-@pytest.mark.parametrize(
-    ("source", "action"),
-    [
-        (SLEEPS, "interrupted"),
-        (HOLD_THE_GIL_FOREVER + "\ndef test_sleeps():\n    hold_the_gil_forever()\n", "killed"),
-    ],
-    ids=["interrupted", "killed"],
-)
 def test_other_plugins_add_their_state_to_the_report(
-    pytester: pytest.Pytester, workers: tuple[str, ...], marked: str, source: str, action: str
+    pytester: pytest.Pytester, workers: tuple[str, ...], marked: str
 ) -> None:
+    # One session: a test interrupted, one killed, each in a module of its own.
     pytester.makeconftest(ADDS_ITS_STATE)
-    pytester.makepyfile(test_suite=source + FOLLOWER)
+    pytester.makepyfile(
+        test_interrupted=SLEEPS + FOLLOWER,
+        test_killed=HOLD_THE_GIL_FOREVER
+        + "\ndef test_sleeps():\n    hold_the_gil_forever()\n"
+        + FOLLOWER,
+    )
     result = pytester.runpytest_subprocess(
         *ARGS, "--junitxml=report.xml", "-p", "no:randomly", *workers, timeout=120
     )
-    result.assert_outcomes(passed=1, failed=1)
-    said = f"test_suite.py::test_sleeps: {action} in call after 0.5 s; stacks of 1 process(es)"
-    result.stdout.fnmatch_lines(["*- state of my plugin -*", said])
+    result.assert_outcomes(passed=2, failed=2)
     cases = ET.parse(pytester.path / "report.xml").getroot().iter("testcase")
-    (failure,) = [child for case in cases for child in case if child.tag == "failure"]
-    assert said in (failure.text or "")
+    failures = {
+        case.get("classname"): child for case in cases for child in case if child.tag == "failure"
+    }
+    assert set(failures) == {"test_interrupted", "test_killed"}
+    for action in ("interrupted", "killed"):
+        said = (
+            f"test_{action}.py::test_sleeps: {action} in call after 0.5 s; stacks of 1 process(es)"
+        )
+        result.stdout.fnmatch_lines(["*- state of my plugin -*", said])
+        assert said in (failures[f"test_{action}"].text or "")
 
 
 def test_a_hook_that_fails_loses_nothing(
