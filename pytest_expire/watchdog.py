@@ -32,11 +32,13 @@ import threading
 from pathlib import Path
 
 from pytest_expire.signals import name as signal_name
-from pytest_expire.timer.unix_socket_timer import ADDRESS_ENV, format_address
+from pytest_expire.timer.unix_socket_timer import format_address
 
 #: The scope of the one timer a test's process arms for its running test.
 TEST_SCOPE = "test"
 
+#: Where the processes of a session find its watchdog's timer server (its address).
+ADDRESS_ENV = "PYTEST_EXPIRE_ADDRESS"
 #: Where the processes of a session find the directory they share with its watchdog.
 DIRECTORY_ENV = "PYTEST_EXPIRE_DIRECTORY"
 #: The PID of the process that started the watchdog: its workers are its children.

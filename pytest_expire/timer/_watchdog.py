@@ -17,9 +17,10 @@ import abc
 import logging
 import os
 import signal
-import sys
 import threading
 from typing import TYPE_CHECKING, Any
+
+from pytest_expire.timer.lifetime import die_with_parent
 
 if TYPE_CHECKING:
     import multiprocessing.connection
@@ -34,7 +35,6 @@ logger = logging.getLogger(__name__)
 _READY_TIMEOUT = 30.0
 # How long stop() waits for a server process before it is killed.
 _STOP_TIMEOUT = 2.0
-_PR_SET_PDEATHSIG = 1
 
 
 class Watchdog(abc.ABC):
@@ -202,25 +202,3 @@ def _serve_in_process(
 
 def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(0)
-
-
-def die_with_parent(parent_pid: int, signum: int) -> None:
-    """Have the kernel send ``signum`` when the parent dies (Linux), so nothing is orphaned."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signum)
-    if not _exists(parent_pid):
-        # The parent died before the request above took effect.
-        raise SystemExit(0)
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user's
-        return True
-    return True

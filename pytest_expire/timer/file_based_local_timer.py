@@ -27,10 +27,12 @@ server (or was admitted). The client waits out a full pipe.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import logging
 import math
+import multiprocessing
 import os
 import re
 import select
@@ -38,7 +40,6 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from json.encoder import encode_basestring_ascii
 from signal import NSIG, SIGKILL
 from typing import TYPE_CHECKING, Any, cast
 
@@ -50,7 +51,8 @@ from pytest_expire.timer._table import (
     wait_timeout,
 )
 from pytest_expire.timer._watchdog import Watchdog
-from pytest_expire.timer.api import _REAP_RETRY_INTERVAL, TimerClient, TimerRequest
+from pytest_expire.timer.api import _FILE_REQUEST_VERSION as _VERSION
+from pytest_expire.timer.api import _REAP_RETRY_INTERVAL, FileTimerRequest, TimerClient
 from pytest_expire.timer.debug_info_logging import log_debug_info_for_expired_timers
 
 if TYPE_CHECKING:
@@ -60,7 +62,6 @@ __all__ = ["FileTimerClient", "FileTimerRequest", "FileTimerServer"]
 
 logger = logging.getLogger(__name__)
 
-_VERSION = 1
 _KEYS = frozenset(("version", "pid", "scope_id", "expiration_time", "signal"))
 # The largest PID any kernel hands out (pid_t is a 32-bit int); a larger
 # number is not a PID, and some system calls would overflow on it.
@@ -83,91 +84,6 @@ _MAX_WAIT = 3600.0
 _LOGGED_BYTES = 200
 
 LogEvent = Callable[[str, "FileTimerRequest | None"], None]
-
-
-class FileTimerRequest(TimerRequest):
-    """A timer request on the FIFO: a :class:`TimerRequest` with a version and a signal.
-
-    The worker is identified by its PID. A negative ``expiration_time``
-    releases the timer. ``signal`` is what the server sends the worker when
-    the timer expires; a timer whose signal is 0 or less expires without one.
-    """
-
-    __slots__ = ["signal", "version"]
-
-    def __init__(
-        self, worker_pid: int, scope_id: str, expiration_time: float, signal: int = 0
-    ) -> None:
-        super().__init__(worker_pid, scope_id, expiration_time)
-        self.version = _VERSION
-        self.signal = signal
-
-    @property
-    def worker_pid(self) -> int:
-        """The PID of the worker the timer belongs to."""
-        return cast(int, self.worker_id)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, FileTimerRequest):
-            return (
-                super().__eq__(other)
-                and self.version == other.version
-                and self.signal == other.signal
-            )
-        return False
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(worker_pid={self.worker_id!r}, scope_id={self.scope_id!r}, "
-            f"expiration_time={self.expiration_time!r}, signal={self.signal!r})"
-        )
-
-    def to_json(self) -> str:
-        """The request as one JSON object, in torch's wire format (no newline).
-
-        Exactly what ``json.dumps`` of the five fields gives. Fields of the
-        types a client sends are formatted directly, in a third of the time
-        ``json.dumps`` takes; anything else goes through ``json.dumps``.
-        """
-        version, pid, scope_id = self.version, self.worker_id, self.scope_id
-        expiration_time, signum = self.expiration_time, self.signal
-        if (
-            type(scope_id) is str
-            and type(version) is int
-            and type(pid) is int
-            and _is_json_int(signum)
-            and (type(expiration_time) is int or _is_finite_float(expiration_time))
-        ):
-            # %r is what json.dumps writes for an int or a finite float, %d for
-            # an int or an int enum (a signal), and encode_basestring_ascii
-            # escapes the string exactly as json.dumps does.
-            return _WIRE_FORMAT % (
-                version,
-                pid,
-                encode_basestring_ascii(scope_id),
-                expiration_time,
-                signum,
-            )
-        fields = {
-            "version": version,
-            "pid": pid,
-            "scope_id": scope_id,
-            "expiration_time": expiration_time,
-            "signal": signum,
-        }
-        return json.dumps(fields)
-
-
-_WIRE_FORMAT = '{"version": %d, "pid": %d, "scope_id": %s, "expiration_time": %r, "signal": %d}'
-
-
-def _is_json_int(value: object) -> bool:
-    """An int that json.dumps writes as its digits (a bool is written as true or false)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_finite_float(value: object) -> bool:
-    return type(value) is float and math.isfinite(value)
 
 
 # --------------------------------------------------------------------------- client
@@ -509,11 +425,6 @@ class FileTimerServer(Watchdog):
         self._guard = ReapGuard()
         self._init_watchdog(daemon)
         self._started = False
-        # Imported here: the Unix-socket pair imports this module for its
-        # requests, and its clients need neither.
-        import ctypes
-        import multiprocessing
-
         # Written where the watchdog runs, read wherever the server object is.
         self._progress = multiprocessing.RawValue(ctypes.c_double, 0.0)
         self._fifo_id: tuple[int, int] | None = None

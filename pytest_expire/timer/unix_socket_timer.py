@@ -8,9 +8,9 @@ writer can have any process signalled, and it never learns that a worker
 died. This pair offers:
 
 - **An address string** (``"unix:/path/to/socket"``, see :func:`parse_address`)
-  that can be put in the environment (:data:`ADDRESS_ENV`), so xdist workers,
-  spawned multiprocessing children and plain subprocesses all reach the same
-  server (:meth:`UnixSocketTimerClient.from_env`).
+  that can be put in an environment variable of the caller's choice, so
+  xdist workers, spawned multiprocessing children and plain subprocesses all
+  reach the same server (:meth:`UnixSocketTimerClient.from_env`).
 - **Identity from the kernel.** A client connects to a ``SOCK_SEQPACKET``
   Unix socket; at ``accept`` the server reads ``SO_PEERCRED``, the PID and
   user of the process that connected, as the kernel recorded them. Requests
@@ -95,12 +95,11 @@ from pytest_expire.timer import debug_info_logging
 from pytest_expire.timer._guard import ReapGuard
 from pytest_expire.timer._table import TimerTable
 from pytest_expire.timer._watchdog import Watchdog
-from pytest_expire.timer.api import TimerClient
-from pytest_expire.timer.file_based_local_timer import FileTimerRequest
+from pytest_expire.timer.api import FileTimerRequest, OnExpired, TimerClient
 
 __all__ = [
-    "ADDRESS_ENV",
     "MAX_SCOPE_BYTES",
+    "OnExpired",
     "PreparedTimers",
     "TimerServerError",
     "UnixSocketTimerClient",
@@ -110,9 +109,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: The environment variable through which a session's processes find its server.
-ADDRESS_ENV = "PYTEST_EXPIRE_ADDRESS"
 
 _SCHEME = "unix:"
 # sun_path holds 108 bytes, the terminating NUL included.
@@ -391,16 +387,22 @@ class UnixSocketTimerClient(TimerClient):
     @classmethod
     def from_env(
         cls,
+        variable: str,
         signal: int = signal.SIGKILL,
         timeout: float = _DEFAULT_TIMEOUT,
         environ: Mapping[str, str] | None = None,
     ) -> UnixSocketTimerClient:
-        """A client of the server whose address is in :data:`ADDRESS_ENV`."""
-        address = (os.environ if environ is None else environ).get(ADDRESS_ENV)
+        """A client of the server whose address is in the environment variable ``variable``.
+
+        The process that starts the server chooses the variable and sets it
+        to :attr:`UnixSocketTimerServer.address`; its children inherit it.
+        ``environ`` defaults to ``os.environ``.
+        """
+        address = (os.environ if environ is None else environ).get(variable)
         if not address:
             raise RuntimeError(
-                f"{ADDRESS_ENV} is not set: no pytest-expire timer server was started for "
-                "this process (it is set by the process that starts the server)"
+                f"{variable} is not set: no timer server was started for this process "
+                "(the process that starts the server sets it to the server's address)"
             )
         return cls(address, signal=signal, timeout=timeout)
 
@@ -692,10 +694,6 @@ def _close_all(fds: list[int]) -> None:
 # ---------------------------------------------------------------------------
 # Server
 
-#: Called by the server for each worker with expired timers, before the signal:
-#: ``on_expired(pid, timers)``; a returned text is logged as the worker's stacks.
-OnExpired = Callable[[int, list[FileTimerRequest]], str | None]
-
 
 class _ServerConnection:
     __slots__ = ("fd", "pending", "pid", "pipe", "sock")
@@ -719,8 +717,9 @@ class UnixSocketTimerServer(Watchdog):
     private directory (mode 0o700) of the temporary directory. The socket is
     created with mode 0o600 and removed by :meth:`stop`; a stale socket left
     at the path is replaced, a live one or any other file is not. Clients of
-    another user are refused. Put :attr:`address` in the environment
-    (:data:`ADDRESS_ENV`) to let a session's processes find the server.
+    another user are refused. Put :attr:`address` in an environment variable
+    to let the processes started under it find the server
+    (:meth:`UnixSocketTimerClient.from_env`).
 
     The server wakes at the earliest deadline, when a client wakes it, or
     after ``max_interval`` seconds at the latest. A request whose deadline is
@@ -788,7 +787,7 @@ class UnixSocketTimerServer(Watchdog):
 
     @property
     def address(self) -> str:
-        """Where clients connect: ``"unix:/path"``; put it in :data:`ADDRESS_ENV`."""
+        """Where clients connect: ``"unix:/path"``, a string fit for the environment."""
         return self._address
 
     def admit(self, pid: int) -> None:

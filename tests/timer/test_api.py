@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import pickle
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -44,6 +46,33 @@ def test_timer_request_equality_slots_and_pickle() -> None:
         request.extra = 1  # type: ignore[attr-defined]
     assert pickle.loads(pickle.dumps(request)) == request
     assert "scope" in repr(request)
+
+
+def test_request_types_live_in_api_and_keep_their_torch_import_paths() -> None:
+    from pytest_expire.timer import file_based_local_timer, unix_socket_timer
+
+    assert timer.FileTimerRequest is api.FileTimerRequest
+    assert file_based_local_timer.FileTimerRequest is api.FileTimerRequest
+    assert timer.TimerRequest is api.TimerRequest
+    assert unix_socket_timer.OnExpired is api.OnExpired
+    request = api.FileTimerRequest(123, "scope", 10.5, 9)
+    assert isinstance(request, timer.TimerRequest)
+    assert request.worker_pid == 123
+
+
+def test_the_library_imports_nothing_of_the_plugin() -> None:
+    code = (
+        "import sys\n"
+        "from pytest_expire.timer import api, file_based_local_timer, lifetime, local_timer\n"
+        "from pytest_expire.timer import unix_socket_timer, debug_info_logging\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('pytest_expire'))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    modules = result.stdout.split()
+    assert "pytest_expire.timer.unix_socket_timer" in modules
+    assert [m for m in modules if not m.startswith("pytest_expire.timer")] == ["pytest_expire"]
 
 
 def test_timer_requests_order_by_expiration_time() -> None:
