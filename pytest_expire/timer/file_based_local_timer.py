@@ -47,8 +47,12 @@ from pytest_expire.timer._guard import ReapGuard
 from pytest_expire.timer._table import (
     TimerTable,
     drop_timers_of_exited,
-    is_valid_expiration,
     wait_timeout,
+)
+from pytest_expire.timer._validation import (
+    checked_expiration,
+    checked_signal,
+    is_valid_expiration,
 )
 from pytest_expire.timer._watchdog import Watchdog
 from pytest_expire.timer.api import _FILE_REQUEST_VERSION as _VERSION
@@ -111,11 +115,20 @@ class FileTimerClient(TimerClient):
     def __init__(self, file_path: str, signal: int = SIGKILL) -> None:
         super().__init__()
         self._file_path = file_path
-        self.signal = signal
+        self.signal = checked_signal(signal)
 
     def acquire(self, scope_id: str, expiration_time: float) -> None:
-        if not is_valid_expiration(expiration_time) or not math.isfinite(expiration_time):
-            raise ValueError(f"expiration_time must be a finite number, got {expiration_time!r}")
+        """Arm ``scope_id``; a negative time releases it, as in torch (see ``_validation``).
+
+        JSON has no infinity, so a timer that never expires cannot be sent: an
+        infinite time is refused with ValueError.
+        """
+        checked = checked_expiration(expiration_time)
+        if checked is None:
+            self.release(scope_id)
+            return
+        if checked == math.inf:
+            raise ValueError(f"expiration_time must be finite on a FIFO, got {expiration_time!r}")
         self._send_request(FileTimerRequest(os.getpid(), scope_id, expiration_time, self.signal))
 
     def release(self, scope_id: str) -> None:

@@ -22,7 +22,8 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 from pytest_expire.timer._guard import ReapGuard
-from pytest_expire.timer._table import TimerTable, drop_timers_of_exited, is_valid_expiration
+from pytest_expire.timer._table import TimerTable, drop_timers_of_exited
+from pytest_expire.timer._validation import checked_expiration, is_valid_expiration
 from pytest_expire.timer.api import RequestQueue, TimerClient, TimerRequest, TimerServer
 
 __all__ = ["LocalTimerClient", "LocalTimerServer", "MultiprocessingRequestQueue"]
@@ -40,6 +41,10 @@ class LocalTimerClient(TimerClient):
         self._mp_queue = mp_queue
 
     def acquire(self, scope_id: str, expiration_time: float) -> None:
+        """Arm ``scope_id``; a negative time releases it, as in torch (see ``_validation``)."""
+        if checked_expiration(expiration_time) is None:
+            self.release(scope_id)
+            return
         self._mp_queue.put(TimerRequest(os.getpid(), scope_id, expiration_time))
 
     def release(self, scope_id: str) -> None:

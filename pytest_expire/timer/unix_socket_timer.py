@@ -94,6 +94,7 @@ from typing import Any, NamedTuple, cast
 from pytest_expire.timer import debug_info_logging
 from pytest_expire.timer._guard import ReapGuard
 from pytest_expire.timer._table import TimerTable
+from pytest_expire.timer._validation import checked_expiration, checked_signal
 from pytest_expire.timer._watchdog import Watchdog
 from pytest_expire.timer.api import FileTimerRequest, OnExpired, TimerClient
 
@@ -204,20 +205,40 @@ def format_address(path: str) -> str:
 # The pipe's messages
 
 
-def _encode_acquire(scope: bytes, expiration_time: float, signum: int) -> bytes:
-    return _HEADER.pack(_HEADER_SIZE + len(scope), _ACQUIRE, expiration_time, signum) + scope
-
-
 def _encode_release(scope: bytes) -> bytes:
     return _HEADER.pack(_HEADER_SIZE + len(scope), _RELEASE, _RELEASE_TIME, 0) + scope
 
 
-def _checked_release(scope_id: str) -> bytes:
-    """The release request of ``scope_id``; ValueError if the scope is too long for one."""
+def _checked_scope(scope_id: object) -> bytes:
+    """``scope_id`` in UTF-8; TypeError if it is not a str, ValueError if too long a one."""
+    if not isinstance(scope_id, str):
+        raise TypeError(f"scope_id must be a str, got {scope_id!r}")
     scope = scope_id.encode()
     if len(scope) > MAX_SCOPE_BYTES:
-        raise ValueError(_too_long(scope_id, scope))
-    return _encode_release(scope)
+        raise ValueError(
+            f"scope_id {scope_id[:80]!r}... is {len(scope)} bytes in UTF-8; "
+            f"at most {MAX_SCOPE_BYTES} fit one request"
+        )
+    return scope
+
+
+def _arming_request(scope: bytes, expiration_time: object, signum: int) -> tuple[bytes, float]:
+    """The request that arms the timer ``scope``, and its deadline: every arming path's.
+
+    ``scope`` and ``signum`` are checked already (:func:`_checked_scope`,
+    ``checked_signal``); ``expiration_time`` is checked here
+    (``checked_expiration``): a negative one gives the scope's release,
+    whose deadline is infinite (it never wakes the server).
+    """
+    if type(expiration_time) is float and expiration_time >= 0.0:
+        deadline = expiration_time
+    else:
+        checked = checked_expiration(expiration_time)
+        if checked is None:
+            return _encode_release(scope), math.inf
+        deadline = checked
+    request = _HEADER.pack(_HEADER_SIZE + len(scope), _ACQUIRE, deadline, signum) + scope
+    return request, deadline
 
 
 class _Decoded(NamedTuple):
@@ -317,41 +338,35 @@ class PreparedTimers:
     __slots__ = ("_client", "_release", "_timers")
 
     def __init__(self, client: UnixSocketTimerClient, timers: Sequence[tuple[str, int]]) -> None:
-        prepared = []
-        for scope_id, signum in timers:
-            _check_signal(signum)
-            if not 0 <= signum < signal.NSIG:
-                raise ValueError(f"signal {signum} is not a signal number")
-            scope = scope_id.encode()
-            if len(scope) > MAX_SCOPE_BYTES:
-                raise ValueError(_too_long(scope_id, scope))
-            prepared.append((_HEADER_SIZE + len(scope), int(signum), scope))
+        prepared = tuple(
+            (_checked_scope(scope_id), checked_signal(signum)) for scope_id, signum in timers
+        )
         if not prepared:
             raise ValueError("prepare() needs at least one timer")
-        if sum(length for length, _, _ in prepared) > _MAX_MESSAGE:
+        if sum(_HEADER_SIZE + len(scope) for scope, _ in prepared) > _MAX_MESSAGE:
             raise ValueError(f"prepared timers must fit one write of {_MAX_MESSAGE} bytes")
         self._client = client
-        self._timers = tuple(prepared)
-        self._release = b"".join(_encode_release(scope) for _, _, scope in prepared)
+        self._timers = prepared
+        self._release = b"".join(_encode_release(scope) for scope, _ in prepared)
 
     def acquire(self, *expiration_times: float) -> None:
-        """Arm the timers, the i-th to expire at the i-th time (``time.time()`` based)."""
+        """Arm the timers, the i-th to expire at the i-th time (``time.time()`` based).
+
+        A negative time releases its timer, as :meth:`UnixSocketTimerClient.acquire` does.
+        """
         if len(expiration_times) != len(self._timers):
             raise TypeError(
                 f"acquire() takes one expiration time per prepared timer "
                 f"({len(self._timers)}), got {len(expiration_times)}"
             )
-        requests = b""
-        for (length, signum, scope), expiration_time in zip(
-            self._timers, expiration_times, strict=True
-        ):
-            if type(expiration_time) is not float or not expiration_time >= 0.0:
-                checked = _check_expiration(expiration_time)
-                if checked is None:
-                    raise ValueError(f"expiration_time must be >= 0, got {expiration_time!r}")
-                expiration_time = checked
-            requests += _HEADER.pack(length, _ACQUIRE, expiration_time, signum) + scope
-        self._client._write_requests(requests, min(expiration_times))
+        requests = []
+        earliest = math.inf
+        for (scope, signum), expiration_time in zip(self._timers, expiration_times, strict=True):
+            request, deadline = _arming_request(scope, expiration_time, signum)
+            requests.append(request)
+            if deadline < earliest:
+                earliest = deadline
+        self._client._write_requests(b"".join(requests), earliest)
 
     def release(self) -> None:
         """Release the timers (those that have not expired yet)."""
@@ -409,8 +424,7 @@ class UnixSocketTimerClient(TimerClient):
     def _setup(self, address: str, signum: int, timeout: float) -> None:
         self._path = parse_address(address)
         self._address = format_address(self._path)
-        _check_signal(signum)
-        self._signal = int(signum)
+        self._signal = checked_signal(signum)
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0, got {timeout!r}")
         self._timeout = float(timeout)
@@ -426,19 +440,9 @@ class UnixSocketTimerClient(TimerClient):
         return self._address
 
     def acquire(self, scope_id: str, expiration_time: float) -> None:
-        if type(expiration_time) is not float or not expiration_time >= 0.0:
-            checked = _check_expiration(expiration_time)
-            if checked is None:  # a negative time means "release", as in torch
-                self.release(scope_id)
-                return
-            expiration_time = checked
-        scope = scope_id.encode()
-        if len(scope) > MAX_SCOPE_BYTES:
-            raise ValueError(_too_long(scope_id, scope))
-        conn = self._send(_encode_acquire(scope, expiration_time, self._signal))
-        if expiration_time < conn.wake[0]:
-            # The server sleeps past this deadline: wake it to read the pipe.
-            self._poke(conn)
+        """Arm ``scope_id`` with this client's signal; a negative time releases it, as in torch."""
+        request, deadline = _arming_request(_checked_scope(scope_id), expiration_time, self._signal)
+        self._write_requests(request, deadline)
 
     def release(self, scope_id: str) -> None:
         self._send(self._release_message(scope_id))
@@ -448,29 +452,25 @@ class UnixSocketTimerClient(TimerClient):
 
         Beyond torch's API: a timer with a signal of its own (escalation, as
         an interrupt followed by a kill), and one system call for all of
-        them when they fit in one atomic pipe write. Checked as
-        :meth:`acquire` checks its arguments and the client's signal.
+        them when they fit in one atomic pipe write. Every timer is checked
+        before any is sent, as :meth:`acquire` checks its arguments and the
+        client's signal; a negative time releases its timer.
         """
-        messages: list[bytes] = []
+        requests: list[bytes] = []
         earliest = math.inf
         for scope_id, expiration_time, signum in timers:
-            if type(signum) is not int or not 0 <= signum < signal.NSIG:
-                _check_signal(signum)
-            if type(expiration_time) is not float or not expiration_time >= 0.0:
-                checked = _check_expiration(expiration_time)
-                if checked is None:
-                    messages.append(self._release_message(scope_id))
-                    continue
-                expiration_time = checked
-            scope = scope_id.encode()
-            if len(scope) > MAX_SCOPE_BYTES:
-                raise ValueError(_too_long(scope_id, scope))
-            messages.append(_encode_acquire(scope, expiration_time, int(signum)))
-            if expiration_time < earliest:
-                earliest = expiration_time
-        conn = self._send_all(messages)
-        if earliest < conn.wake[0]:
-            self._poke(conn)
+            request, deadline = _arming_request(
+                _checked_scope(scope_id), expiration_time, checked_signal(signum)
+            )
+            requests.append(request)
+            if deadline < earliest:
+                earliest = deadline
+        data = b"".join(requests)
+        if len(data) <= _MAX_MESSAGE:
+            self._write_requests(data, earliest)
+            return
+        for request in requests:  # each is atomic, the whole would not be
+            self._write_requests(request, earliest)
 
     def release_many(self, scope_ids: Iterable[str]) -> None:
         """Release several timers in one write (when they fit in one atomic pipe write)."""
@@ -479,7 +479,7 @@ class UnixSocketTimerClient(TimerClient):
             message = self._releases.get(scope_id)
             if message is None:
                 # Not cached: a scope released once (a test's, say) stays out of the cache.
-                message = _checked_release(scope_id)
+                message = _encode_release(_checked_scope(scope_id))
             messages.append(message)
         self._send_all(messages)
 
@@ -501,7 +501,7 @@ class UnixSocketTimerClient(TimerClient):
     def _release_message(self, scope_id: str) -> bytes:
         message = self._releases.get(scope_id)
         if message is None:
-            message = _checked_release(scope_id)
+            message = _encode_release(_checked_scope(scope_id))
             if len(self._releases) >= _RELEASE_CACHE_SIZE:
                 self._releases.clear()
             self._releases[scope_id] = message
@@ -590,33 +590,6 @@ class UnixSocketTimerClient(TimerClient):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._setup(state["address"], state["signal"], state["timeout"])
-
-
-def _check_signal(signum: object) -> None:
-    if isinstance(signum, bool) or not isinstance(signum, int):
-        raise TypeError(f"signal must be an int, got {signum!r}")
-    if not -(2**31) <= signum < signal.NSIG:
-        raise ValueError(f"signal {signum} is not a signal number")
-
-
-def _check_expiration(value: object) -> float | None:
-    """``value`` as an expiration time; None for a negative one (a release)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"expiration_time must be a number (time.time() + seconds), got {value!r}")
-    try:
-        expiration_time = float(value)
-    except OverflowError:
-        expiration_time = math.inf if value > 0 else -math.inf
-    if math.isnan(expiration_time):
-        raise ValueError("expiration_time must be a number, got NaN")
-    return None if expiration_time < 0 else expiration_time
-
-
-def _too_long(scope_id: str, scope: bytes) -> str:
-    return (
-        f"scope_id {scope_id[:80]!r}... is {len(scope)} bytes in UTF-8; "
-        f"at most {MAX_SCOPE_BYTES} fit one request"
-    )
 
 
 def _handshake(path: str, address: str, timeout: float) -> _ClientConnection:

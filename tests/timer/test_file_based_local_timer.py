@@ -302,8 +302,14 @@ def test_client_refuses_a_request_beyond_pipe_buf_counting_the_newline(
 
 def test_client_refuses_a_time_that_is_not_a_time(fifo: str) -> None:
     client = FileTimerClient(fifo)
-    for bad in (float("nan"), float("inf"), True, "soon"):
-        with pytest.raises(ValueError):
+    bad_times: list[tuple[object, type[Exception]]] = [
+        (math.nan, ValueError),
+        (math.inf, ValueError),
+        (True, TypeError),
+        ("soon", TypeError),
+    ]
+    for bad, error in bad_times:
+        with pytest.raises(error):
             client.acquire("s", bad)  # type: ignore[arg-type]
 
 
