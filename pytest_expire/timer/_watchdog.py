@@ -20,7 +20,11 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any
 
-from pytest_expire.timer.lifetime import die_with_parent
+from pytest_expire.timer.lifetime import (
+    WATCHDOG_READY_TIMEOUT,
+    WATCHDOG_STOP_TIMEOUT,
+    die_with_parent,
+)
 
 if TYPE_CHECKING:
     import multiprocessing.connection
@@ -28,13 +32,6 @@ if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
 
 logger = logging.getLogger(__name__)
-
-# How long a server process may take to become ready: spawning an interpreter
-# and importing this package takes well under a second on an idle machine,
-# but CI machines are not idle.
-_READY_TIMEOUT = 30.0
-# How long stop() waits for a server process before it is killed.
-_STOP_TIMEOUT = 2.0
 
 
 class Watchdog(abc.ABC):
@@ -73,7 +70,7 @@ class Watchdog(abc.ABC):
 
     def _stop_join_timeout(self) -> float:
         """How long ``stop()`` waits for the watchdog thread."""
-        return _STOP_TIMEOUT
+        return WATCHDOG_STOP_TIMEOUT
 
     def _default_mp_context(self) -> BaseContext:
         import multiprocessing
@@ -130,7 +127,7 @@ class Watchdog(abc.ABC):
                 logger.warning("%s watchdog thread did not stop in time", type(self).__name__)
         if process is not None:
             process.terminate()
-            process.join(_STOP_TIMEOUT)
+            process.join(WATCHDOG_STOP_TIMEOUT)
             if process.is_alive():
                 logger.warning("%s watchdog process did not stop, killing it", type(self).__name__)
                 process.kill()
@@ -154,7 +151,7 @@ class Watchdog(abc.ABC):
         process.start()
         ready_writer.close()
         try:
-            message = ready_reader.recv() if ready_reader.poll(_READY_TIMEOUT) else None
+            message = ready_reader.recv() if ready_reader.poll(WATCHDOG_READY_TIMEOUT) else None
         except EOFError:
             message = None
         finally:

@@ -23,6 +23,7 @@ from json.encoder import encode_basestring_ascii
 from types import TracebackType
 from typing import Any, cast
 
+from pytest_expire.timer._reaping import Reaper, reap_no_throw
 from pytest_expire.timer._table import wait_timeout
 from pytest_expire.timer._watchdog import Watchdog
 
@@ -39,9 +40,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# When reaping a worker failed (the reap returned False), it is tried again
-# after this long, or after ``max_interval`` if that is shorter.
-_REAP_RETRY_INTERVAL = 1.0
 # The version of the named-pipe wire format that FileTimerRequest serializes.
 _FILE_REQUEST_VERSION = 1
 
@@ -218,7 +216,7 @@ class TimerServer(Watchdog):
         self._request_queue = request_queue
         self._max_interval = max_interval
         self._init_watchdog(daemon)
-        self._retry_at: float | None = None
+        self._reaper: Reaper[Any] = Reaper()
 
     @abc.abstractmethod
     def register_timers(self, timer_requests: list[TimerRequest]) -> None:
@@ -245,11 +243,8 @@ class TimerServer(Watchdog):
         return None
 
     def _reap_worker_no_throw(self, worker_id: Any) -> bool:
-        try:
-            return self._reap_worker(worker_id)
-        except Exception:
-            logger.exception("error reaping worker %r; counted as reaped", worker_id)
-            return True
+        """:meth:`_reap_worker`, with an exception logged and counted as reaped (as torch's)."""
+        return reap_no_throw(self._reap_worker, worker_id)
 
     def _stop_join_timeout(self) -> float:
         return max(super()._stop_join_timeout(), self._max_interval)
@@ -263,29 +258,25 @@ class TimerServer(Watchdog):
 
     def _wait_timeout(self) -> float:
         """How long a round may wait for requests before it must look at deadlines."""
-        return wait_timeout(self._next_deadline(), self._retry_at, self._max_interval, time.time())
+        return wait_timeout(
+            self._next_deadline(), self._reaper.retry_at, self._max_interval, time.time()
+        )
 
     def _run_watchdog(self) -> None:
         batch_size = max(1, self._request_queue.size())
         timer_requests = self._request_queue.get(batch_size, self._wait_timeout())
         self.register_timers(timer_requests)
         now = time.time()
-        reaped_worker_ids = set()
-        unreaped = False
-        for worker_id, expired_timers in self.get_expired_timers(now).items():
+        expired = self.get_expired_timers(now)
+        for worker_id, expired_timers in expired.items():
             logger.info(
                 "reaping worker %r: %d timer(s) expired: %s",
                 worker_id,
                 len(expired_timers),
                 [timer.scope_id for timer in expired_timers],
             )
-            if self._reap_worker_no_throw(worker_id):
-                reaped_worker_ids.add(worker_id)
-            else:
-                unreaped = True
-                logger.error("could not reap worker %r, will retry", worker_id)
-        self._retry_at = now + min(_REAP_RETRY_INTERVAL, self._max_interval) if unreaped else None
-        self.clear_timers(reaped_worker_ids)
+        reaped = self._reaper.reap(expired, self._reap_worker, now, self._max_interval)
+        self.clear_timers(reaped)
 
 
 _default_client: TimerClient | None = None

@@ -44,6 +44,7 @@ from signal import NSIG, SIGKILL
 from typing import TYPE_CHECKING, Any, cast
 
 from pytest_expire.timer._guard import ReapGuard
+from pytest_expire.timer._reaping import Reaper
 from pytest_expire.timer._table import (
     TimerTable,
     drop_timers_of_exited,
@@ -56,7 +57,7 @@ from pytest_expire.timer._validation import (
 )
 from pytest_expire.timer._watchdog import Watchdog
 from pytest_expire.timer.api import _FILE_REQUEST_VERSION as _VERSION
-from pytest_expire.timer.api import _REAP_RETRY_INTERVAL, FileTimerRequest, TimerClient
+from pytest_expire.timer.api import FileTimerRequest, TimerClient
 from pytest_expire.timer.debug_info_logging import log_debug_info_for_expired_timers
 
 if TYPE_CHECKING:
@@ -454,7 +455,7 @@ class FileTimerServer(Watchdog):
         self._poller: select.poll | None = None
         self._decoder = RequestDecoder()
         self._timers: TimerTable[FileTimerRequest] = TimerTable()
-        self._retry_at: float | None = None
+        self._reaper: Reaper[int] = Reaper()
         self._final_round = False
 
     # ---- public API
@@ -622,7 +623,7 @@ class FileTimerServer(Watchdog):
         poller.register(wake_r, select.POLLIN)
         self._decoder = RequestDecoder()
         self._timers = TimerTable()
-        self._retry_at = None
+        self._reaper = Reaper()
         self._final_round = False
         with self._io_lock:
             self._read_fd, self._write_fd = read_fd, write_fd
@@ -676,7 +677,7 @@ class FileTimerServer(Watchdog):
 
     def _wait_timeout(self) -> float:
         return wait_timeout(
-            self._timers.next_deadline(), self._retry_at, self._max_interval, time.time()
+            self._timers.next_deadline(), self._reaper.retry_at, self._max_interval, time.time()
         )
 
     def _read(self, fd: int, limit: int) -> list[FileTimerRequest]:
@@ -700,23 +701,22 @@ class FileTimerServer(Watchdog):
 
     def _reap_expired(self, now: float) -> None:
         expired = self.get_expired_timers(now)
-        if not expired:
+        if not expired and self._reaper.retry_at is None:
             return
         for pid in list(expired):
             if not self.is_process_running(pid):
                 logger.info("worker %d has exited; dropping its timers", pid)
                 self.clear_timers({pid})
                 del expired[pid]
-        if not expired:
-            return
-        try:
-            log_debug_info_for_expired_timers(
-                self._run_id,
-                {pid: [timer.to_json() for timer in timers] for pid, timers in expired.items()},
-            )
-        except Exception:
-            logger.exception("error logging the expired timers")
-        unreaped = False
+        if expired:
+            try:
+                log_debug_info_for_expired_timers(
+                    self._run_id,
+                    {pid: [timer.to_json() for timer in timers] for pid, timers in expired.items()},
+                )
+            except Exception:
+                logger.exception("error logging the expired timers")
+        signals: dict[int, int] = {}
         for pid, timers in expired.items():
             logger.info(
                 "worker %d: %d timer(s) expired: %s",
@@ -729,14 +729,22 @@ class FileTimerServer(Watchdog):
             to_kill = next((timer for timer in timers if timer.signal > 0), None)
             if to_kill is None:
                 logger.info("no signal requested for worker %d; not reaping it", pid)
+                self.clear_timers({pid})
             else:
                 self._emit("kill worker process", to_kill)
-                if not self._guard.send_signal(pid, to_kill.signal):
-                    logger.error("could not signal worker %d, will retry", pid)
-                    unreaped = True
-                    continue
-            self.clear_timers({pid})
-        self._retry_at = now + min(_REAP_RETRY_INTERVAL, self._max_interval) if unreaped else None
+                signals[pid] = to_kill.signal
+        reaped = self._reaper.reap(
+            signals, lambda pid: self._reap_worker(pid, signals[pid]), now, self._max_interval
+        )
+        self.clear_timers(reaped)
+
+    def _reap_worker(self, worker_pid: int, signal: int) -> bool:
+        """Send ``signal`` to the worker, if it may be signalled (see ``ReapGuard``).
+
+        True when the worker needs no more attention, False to try again
+        later; the name and arguments are torch's, for code that patches it.
+        """
+        return self._guard.send_signal(worker_pid, signal)
 
     def _emit(self, name: str, request: FileTimerRequest | None) -> None:
         try:
@@ -766,7 +774,7 @@ _RUNTIME_ATTRIBUTES = (
     "_poller",
     "_decoder",
     "_timers",
-    "_retry_at",
+    "_reaper",
     "_final_round",
 )
 

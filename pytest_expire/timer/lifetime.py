@@ -1,9 +1,11 @@
-"""Tying a process's life to its parent's, so that nothing a server started is orphaned.
+"""The life of a watchdog process: bound to its parent's, started and stopped in bounded time.
 
 A watchdog process, or any worker that must not outlive the process that
 started it, calls :func:`die_with_parent` first thing. The kernel then sends
 it a signal when its parent ends, however the parent ends (SIGKILL
-included): no cleanup code of the parent's has to run.
+included): no cleanup code of the parent's has to run. Whoever starts a
+watchdog process waits :data:`WATCHDOG_READY_TIMEOUT` for it to be ready,
+and whoever stops one waits :data:`WATCHDOG_STOP_TIMEOUT` before killing it.
 
 ``ctypes`` is imported by the function, not here: this module is imported by
 processes that never call it.
@@ -14,7 +16,14 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["die_with_parent"]
+__all__ = ["WATCHDOG_READY_TIMEOUT", "WATCHDOG_STOP_TIMEOUT", "die_with_parent"]
+
+#: How long a watchdog process may take to become ready: starting an
+#: interpreter and importing the timer server takes well under a second on an
+#: idle machine, but CI machines are not idle.
+WATCHDOG_READY_TIMEOUT = 30.0
+#: How long stopping a watchdog process waits for it before killing it.
+WATCHDOG_STOP_TIMEOUT = 2.0
 
 _PR_SET_PDEATHSIG = 1
 

@@ -93,6 +93,7 @@ from typing import Any, NamedTuple, cast
 
 from pytest_expire.timer import debug_info_logging
 from pytest_expire.timer._guard import ReapGuard
+from pytest_expire.timer._reaping import Reaper
 from pytest_expire.timer._table import TimerTable
 from pytest_expire.timer._validation import checked_expiration, checked_signal
 from pytest_expire.timer._watchdog import Watchdog
@@ -152,7 +153,6 @@ _CONTROL_BATCH = 256
 _ACCEPT_BATCH = 64
 # epoll cannot wait much longer than 2**31 ms; waking early is harmless.
 _MAX_WAIT = 86400.0
-_REAP_RETRY_INTERVAL = 1.0
 _ERROR_BACKOFF = 0.1
 # What reading a client's pipe found (see _read_pipe).
 _NOTHING, _SOME, _FULL = 0, 1, 2
@@ -755,8 +755,9 @@ class UnixSocketTimerServer(Watchdog):
         self._conns: dict[int, _ServerConnection] = {}
         self._pid_conns: dict[int, int] = {}
         self._timers: TimerTable[FileTimerRequest] = TimerTable()
-        self._retry: dict[int, int] = {}
-        self._retry_at: float | None = None
+        # The signal each worker is still owed, its reap having failed.
+        self._owed: dict[int, int] = {}
+        self._reaper: Reaper[int] = Reaper()
 
     @property
     def address(self) -> str:
@@ -885,8 +886,9 @@ class UnixSocketTimerServer(Watchdog):
         deadline = self._timers.next_deadline()
         if deadline is not None and deadline < wake_at:
             wake_at = deadline
-        if self._retry_at is not None and self._retry_at < wake_at:
-            wake_at = self._retry_at
+        retry_at = self._reaper.retry_at
+        if retry_at is not None and retry_at < wake_at:
+            wake_at = retry_at
         return wake_at
 
     def _accept(self) -> None:
@@ -1057,7 +1059,7 @@ class UnixSocketTimerServer(Watchdog):
             logger.debug("a connection of timer client %d %s; %d remain", pid, reason, remaining)
             return
         dropped = self._timers.remove_worker(pid)
-        self._retry.pop(pid, None)
+        self._owed.pop(pid, None)
         self._guard.forget(pid)
         if dropped:
             logger.info(
@@ -1071,11 +1073,7 @@ class UnixSocketTimerServer(Watchdog):
             logger.debug("timer client %d %s", pid, reason)
 
     def _reap(self, now: float) -> None:
-        if self._retry_at is not None and self._retry_at <= now:
-            self._retry_at = None
-            for pid, signum in list(self._retry.items()):
-                if self._guard.send_signal(pid, signum):
-                    del self._retry[pid]
+        owed = self._owed
         deadline = self._timers.next_deadline()
         if deadline is not None and deadline <= now:
             expired = cast("dict[int, list[FileTimerRequest]]", self._timers.expired(now))
@@ -1085,12 +1083,27 @@ class UnixSocketTimerServer(Watchdog):
             self._report(expired)
             for pid, timers in expired.items():
                 signum = next((timer.signal for timer in timers if timer.signal > 0), 0)
-                if not signum:
+                if signum:
+                    owed[pid] = signum
+                else:
                     logger.info("timers of worker %d expired; they ask for no signal", pid)
-                elif not self._guard.send_signal(pid, signum):
-                    self._retry[pid] = signum
-        if self._retry and self._retry_at is None:
-            self._retry_at = now + min(_REAP_RETRY_INTERVAL, self._max_interval)
+        if owed or self._reaper.retry_at is not None:
+            reaped = self._reaper.reap(
+                list(owed),
+                lambda pid: self._reap_worker(pid, owed[pid]),
+                now,
+                self._max_interval,
+            )
+            for pid in reaped:
+                del owed[pid]
+
+    def _reap_worker(self, worker_pid: int, signal: int) -> bool:
+        """Send ``signal`` to the worker, if it may be signalled (see ``ReapGuard``).
+
+        True when the worker needs no more attention, False to try again
+        later; named and called as ``FileTimerServer``'s (and torch's).
+        """
+        return self._guard.send_signal(worker_pid, signal)
 
     def _report(self, expired: dict[int, list[FileTimerRequest]]) -> None:
         stacks: dict[int, str] = {}
@@ -1196,8 +1209,8 @@ _RUN_STATE = (
     "_conns",
     "_pid_conns",
     "_timers",
-    "_retry",
-    "_retry_at",
+    "_owed",
+    "_reaper",
     "_made_dir",
     "_wake_lock",
     "_wake_w",
