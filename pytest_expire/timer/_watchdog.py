@@ -93,10 +93,11 @@ class Watchdog(abc.ABC):
 
         With ``process=True`` the watchdog runs in a new process (created with
         ``mp_context``, by default ``spawn``), which keeps working while every
-        thread of this process is wedged.
+        thread of this process is wedged. On a running server it does
+        nothing (see :meth:`_already_running`).
         """
-        if self.is_running:
-            raise RuntimeError(f"{type(self).__name__} is already running")
+        if self._already_running(process):
+            return
         self._stop_signaled = False
         if not process:
             self._prepare()
@@ -114,6 +115,20 @@ class Watchdog(abc.ABC):
         else:
             context = mp_context
         self._start_process(context)
+
+    def _already_running(self, process: bool) -> bool:
+        """Whether a watchdog runs already, in the mode asked for (``start()`` then does nothing).
+
+        torch's servers accept a second ``start()``, and code written for them
+        calls it; a watchdog of the other mode cannot be switched to: RuntimeError.
+        """
+        if not self.is_running:
+            return False
+        if process != (self._watchdog_process is not None):
+            mode = "a process" if self._watchdog_process is not None else "a thread"
+            raise RuntimeError(f"{type(self).__name__} is already running in {mode}")
+        logger.info("%s is already running; start() does nothing", type(self).__name__)
+        return True
 
     def stop(self) -> None:
         """Stop watching and release the server's resources; return promptly."""

@@ -242,6 +242,10 @@ class TimerServer(Watchdog):
         """
         return None
 
+    def _get_requests(self, size: int, timeout: float) -> list[TimerRequest]:
+        """A round's requests: ``request_queue.get(size, timeout)``, or a server's own read."""
+        return self._request_queue.get(size, timeout)
+
     def _reap_worker_no_throw(self, worker_id: Any) -> bool:
         """:meth:`_reap_worker`, with an exception logged and counted as reaped (as torch's)."""
         return reap_no_throw(self._reap_worker, worker_id)
@@ -264,7 +268,7 @@ class TimerServer(Watchdog):
 
     def _run_watchdog(self) -> None:
         batch_size = max(1, self._request_queue.size())
-        timer_requests = self._request_queue.get(batch_size, self._wait_timeout())
+        timer_requests = self._get_requests(batch_size, self._wait_timeout())
         self.register_timers(timer_requests)
         now = time.time()
         expired = self.get_expired_timers(now)

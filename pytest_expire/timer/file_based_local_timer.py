@@ -455,6 +455,8 @@ class FileTimerServer(Watchdog):
         self._poller: select.poll | None = None
         self._decoder = RequestDecoder()
         self._timers: TimerTable[FileTimerRequest] = TimerTable()
+        # How many requests were registered (torch's tests read it).
+        self._request_count = 0
         self._reaper: Reaper[int] = Reaper()
         self._final_round = False
 
@@ -465,7 +467,10 @@ class FileTimerServer(Watchdog):
         self._guard.admit(pid)
 
     def start(self, *, process: bool = False, mp_context: BaseContext | str | None = None) -> None:
-        """Start watching; clients can connect as soon as this returns."""
+        """Start watching; clients can connect as soon as this returns (on a running
+        server, nothing happens)."""
+        if self._already_running(process):
+            return
         logger.info(
             "starting %s: file_path=%s, max_interval=%s, process=%s",
             type(self).__name__,
@@ -474,7 +479,7 @@ class FileTimerServer(Watchdog):
             process,
         )
         self._ensure_fifo()  # again after a stop()
-        if process and not self.is_running:
+        if process:
             # The process opens the FIFO itself; a second reader here would
             # take requests that nobody handles.
             self._close_io()
@@ -513,7 +518,7 @@ class FileTimerServer(Watchdog):
             raise RuntimeError("run_once() cannot reach a watchdog process; stop() it first")
         if self._read_fd is None:
             self._prepare()
-        self._run_round(wait=False)
+        self._run_watchdog(wait=False)
 
     @staticmethod
     def is_process_running(pid: int) -> bool:
@@ -544,6 +549,7 @@ class FileTimerServer(Watchdog):
         exited = self._guard.notice_exits()
         if exited:
             drop_timers_of_exited(self._timers, exited)
+        self._request_count += len(timer_requests)
         for request in timer_requests:
             if request.expiration_time < 0:
                 self._timers.remove(request.worker_id, request.scope_id)
@@ -655,15 +661,18 @@ class FileTimerServer(Watchdog):
         while not self._stop_signaled and self._read_fd is not None:
             final = self._final_round
             try:
-                self._run_round(wait=not final)
+                self._run_watchdog(wait=not final)
             except Exception:
                 logger.exception("error running the watchdog")
                 time.sleep(min(0.1, self._max_interval))  # no busy loop on a lasting error
             if final:
                 break
 
-    def _run_round(self, wait: bool) -> None:
-        """Wait for a request or the next deadline, read what came, reap what expired."""
+    def _run_watchdog(self, wait: bool = True) -> None:
+        """One round: wait for a request or the next deadline, read what came, reap what expired.
+
+        torch's name for a round, which code written for torch wraps to count rounds.
+        """
         poller, read_fd, wake_r = self._poller, self._read_fd, self._wake_r
         if poller is None or read_fd is None or wake_r is None:
             return
@@ -776,6 +785,7 @@ _RUNTIME_ATTRIBUTES = (
     "_timers",
     "_reaper",
     "_final_round",
+    "_request_count",
 )
 
 
