@@ -7,6 +7,7 @@ server; then the worker is killed.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import signal
 import subprocess
@@ -17,8 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import pytest
-from processes import join_or_kill, wait_until
+from processes import join_or_kill
 
 from pytest_expire.timer import (
     FileTimerClient,
@@ -67,25 +67,21 @@ time.sleep(30)
 """
 
 
-def keep_busy(stop: threading.Event, request: Callable[[], None]) -> None:
-    """Send the server a request every 20 ms: each one wakes it for a round."""
-    while not stop.wait(0.02):
-        request()
-
-
-@pytest.fixture
-def busy() -> Iterator[Callable[[Callable[[], None]], None]]:
+@contextlib.contextmanager
+def kept_busy(request: Callable[[], None]) -> Iterator[None]:
+    """Send the server a request every 20 ms, each waking it for a round, until the block ends."""
     stop = threading.Event()
-    threads: list[threading.Thread] = []
 
-    def start(request: Callable[[], None]) -> None:
-        thread = threading.Thread(target=keep_busy, args=(stop, request))
-        thread.start()
-        threads.append(thread)
+    def keep_busy() -> None:
+        while not stop.wait(0.02):
+            request()
 
-    yield start
-    stop.set()
-    for thread in threads:
+    thread = threading.Thread(target=keep_busy)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
         thread.join()
 
 
@@ -95,7 +91,7 @@ def assert_retried_once_after_the_interval(reap: FailsOnce, exitcode: int | None
     assert reap.calls[1] - reap.calls[0] >= 0.9 * REAP_RETRY_INTERVAL
 
 
-def test_the_queue_server(busy: Callable[[Callable[[], None]], None]) -> None:
+def test_the_queue_server() -> None:
     mp_queue: multiprocessing.Queue[Any] = CTX.Queue()
     server = LocalTimerServer(mp_queue, max_interval=MAX_INTERVAL)
     reap = FailsOnce(server._reap_worker)
@@ -105,14 +101,14 @@ def test_the_queue_server(busy: Callable[[Callable[[], None]], None]) -> None:
     try:
         worker.start()
         # Requests of a worker that does not exist: no reap of theirs is owed.
-        busy(lambda: mp_queue.put(TimerRequest(2**22 + 1, "busy", time.time() + 60)))
-        exitcode = join_or_kill(worker, 10)
+        with kept_busy(lambda: mp_queue.put(TimerRequest(2**22 + 1, "busy", time.time() + 60))):
+            exitcode = join_or_kill(worker, 10)
     finally:
         server.stop()
     assert_retried_once_after_the_interval(reap, exitcode)
 
 
-def test_the_fifo_server(fifo: str, busy: Callable[[Callable[[], None]], None]) -> None:
+def test_the_fifo_server(fifo: str) -> None:
     server = FileTimerServer(fifo, "reaping", max_interval=MAX_INTERVAL)
     reap = FailsOnce(server._reap_worker)
     server._reap_worker = reap  # type: ignore[method-assign]
@@ -120,8 +116,8 @@ def test_the_fifo_server(fifo: str, busy: Callable[[Callable[[], None]], None]) 
     worker = subprocess.Popen([sys.executable, "-c", textwrap.dedent(FILE_WORKER), fifo])
     try:
         client = FileTimerClient(fifo, signal=0)
-        busy(lambda: client.acquire("busy", time.time() + 60))
-        exitcode = worker.wait(10)
+        with kept_busy(lambda: client.acquire("busy", time.time() + 60)):
+            exitcode = worker.wait(10)
     finally:
         worker.kill()
         worker.wait()
@@ -129,7 +125,7 @@ def test_the_fifo_server(fifo: str, busy: Callable[[Callable[[], None]], None]) 
     assert_retried_once_after_the_interval(reap, exitcode)
 
 
-def test_the_socket_server(busy: Callable[[Callable[[], None]], None]) -> None:
+def test_the_socket_server() -> None:
     server = UnixSocketTimerServer(max_interval=MAX_INTERVAL)
     reap = FailsOnce(server._reap_worker)
     server._reap_worker = reap  # type: ignore[method-assign]
@@ -139,9 +135,8 @@ def test_the_socket_server(busy: Callable[[Callable[[], None]], None]) -> None:
     try:
         client = UnixSocketTimerClient(address, signal=0)
         # Timers that expire at once and ask for no signal: each wakes the server.
-        busy(lambda: client.acquire("busy", time.time()))
-        wait_until(lambda: reap.calls, timeout=10)
-        exitcode = worker.wait(10)
+        with kept_busy(lambda: client.acquire("busy", time.time())):
+            exitcode = worker.wait(10)
     finally:
         worker.kill()
         worker.wait()
