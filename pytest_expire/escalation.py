@@ -37,7 +37,7 @@ from typing import NamedTuple
 from pytest_expire import diagnose, dumps, offspring
 from pytest_expire.signals import INTERRUPT_SIGNAL, handles, send
 from pytest_expire.timer import debug_info_logging
-from pytest_expire.timer.file_based_local_timer import FileTimerRequest
+from pytest_expire.timer.api import FileTimerRequest
 from pytest_expire.timer.unix_socket_timer import UnixSocketTimerServer
 from pytest_expire.verdict import VerdictPage, wall_clock
 from pytest_expire.watchdog import (

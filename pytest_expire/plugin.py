@@ -45,9 +45,9 @@ from pytest_expire.settings import (
     from_config,
     timing_for,
 )
-from pytest_expire.timer.unix_socket_timer import ADDRESS_ENV
 from pytest_expire.verdict import boot_ticks, monotonic_clock, sleep
 from pytest_expire.watchdog import (
+    ADDRESS_ENV,
     DIRECTORY_ENV,
     OWNER_ENV,
     SessionWatchdog,

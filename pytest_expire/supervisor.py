@@ -47,8 +47,8 @@ from pytest_expire import coverage_data, exit_deadline, leftovers, reaper, sessi
 from pytest_expire.exits import how_it_ended
 from pytest_expire.records import TestRecord, read_flags, read_records
 from pytest_expire.settings import DEADLINE, from_config
-from pytest_expire.timer.unix_socket_timer import ADDRESS_ENV
 from pytest_expire.watchdog import (
+    ADDRESS_ENV,
     DIRECTORY_ENV,
     OWNER_ENV,
     SessionWatchdog,

@@ -32,11 +32,15 @@ import threading
 from pathlib import Path
 
 from pytest_expire.signals import name as signal_name
-from pytest_expire.timer.unix_socket_timer import ADDRESS_ENV, format_address
+from pytest_expire.timer.lifetime import WATCHDOG_READY_TIMEOUT as _READY_TIMEOUT
+from pytest_expire.timer.lifetime import WATCHDOG_STOP_TIMEOUT as _STOP_TIMEOUT
+from pytest_expire.timer.unix_socket_timer import format_address
 
 #: The scope of the one timer a test's process arms for its running test.
 TEST_SCOPE = "test"
 
+#: Where the processes of a session find its watchdog's timer server (its address).
+ADDRESS_ENV = "PYTEST_EXPIRE_ADDRESS"
 #: Where the processes of a session find the directory they share with its watchdog.
 DIRECTORY_ENV = "PYTEST_EXPIRE_DIRECTORY"
 #: The PID of the process that started the watchdog: its workers are its children.
@@ -44,11 +48,6 @@ OWNER_ENV = "PYTEST_EXPIRE_OWNER"
 
 # What the watchdog process writes once clients can connect.
 READY = b"ready\n"
-# How long its start may take: an interpreter and the timer server's imports,
-# well under a second on an idle machine, but CI machines are not idle.
-_READY_TIMEOUT = 30.0
-# How long stop() waits for it before killing it.
-_STOP_TIMEOUT = 2.0
 # How many times revive() starts a new watchdog that dies as it starts.
 _REVIVALS = 3
 # How often a keeper thread looks whether the watchdog was stopped.

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from pytest_expire.escalation import Escalation
-from pytest_expire.timer._watchdog import die_with_parent
+from pytest_expire.timer.lifetime import die_with_parent
 from pytest_expire.timer.unix_socket_timer import UnixSocketTimerServer, format_address
 from pytest_expire.watchdog import READY, socket_path
 

@@ -40,7 +40,7 @@ from pytest_expire import coverage_data, exit_notes
 from pytest_expire.records import RecordWriter, TestRecord
 from pytest_expire.replay import QuietTerminal, replay, restore_session_start, stop_if_asked
 from pytest_expire.settings import DEADLINE
-from pytest_expire.timer._watchdog import die_with_parent
+from pytest_expire.timer.lifetime import die_with_parent
 
 if TYPE_CHECKING:
     from pytest_expire.session_deadline import SessionDeadline

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pytest_expire.timer.api import (
+        FileTimerRequest,
         RequestQueue,
         TimerClient,
         TimerRequest,
@@ -27,11 +28,8 @@ if TYPE_CHECKING:
         configure,
         expires,
     )
-    from pytest_expire.timer.file_based_local_timer import (
-        FileTimerClient,
-        FileTimerRequest,
-        FileTimerServer,
-    )
+    from pytest_expire.timer.file_based_local_timer import FileTimerClient, FileTimerServer
+    from pytest_expire.timer.lifetime import die_with_parent
     from pytest_expire.timer.local_timer import (
         LocalTimerClient,
         LocalTimerServer,
@@ -52,8 +50,9 @@ _MODULES = {
     "configure": "api",
     "expires": "api",
     "FileTimerClient": "file_based_local_timer",
-    "FileTimerRequest": "file_based_local_timer",
+    "FileTimerRequest": "api",
     "FileTimerServer": "file_based_local_timer",
+    "die_with_parent": "lifetime",
     "LocalTimerClient": "local_timer",
     "LocalTimerServer": "local_timer",
     "MultiprocessingRequestQueue": "local_timer",
@@ -85,5 +84,6 @@ __all__ = [
     "UnixSocketTimerClient",
     "UnixSocketTimerServer",
     "configure",
+    "die_with_parent",
     "expires",
 ]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import math
 from collections.abc import Hashable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -37,20 +36,6 @@ logger = logging.getLogger(__name__)
 _MIN_COMPACT = 1024
 
 
-def is_valid_expiration(value: object) -> bool:
-    """Whether ``value`` can be a timer's expiration time (a real number, not NaN).
-
-    ``bool`` is refused although it is an ``int``: ``True`` as a deadline is a
-    client bug, not a time.
-    """
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return not math.isnan(float(value))
-    except OverflowError:  # an int beyond any float
-        return False
-
-
 class TimerTable(Generic[T]):
     """Timers keyed by ``(worker_id, scope_id)``, the latest request winning."""
 
@@ -65,6 +50,14 @@ class TimerTable(Generic[T]):
 
     def __len__(self) -> int:
         return self._count
+
+    def __contains__(self, key: object) -> bool:
+        """Whether ``(worker_id, scope_id)`` is armed: torch's servers keep such a dict."""
+        if not isinstance(key, tuple) or len(key) != 2:
+            return False
+        worker_id, scope_id = key
+        scopes = self._by_worker.get(worker_id)
+        return scopes is not None and scope_id in scopes
 
     def set(self, timer: T) -> None:
         """Arm ``timer``, replacing the worker's timer of the same scope."""

@@ -17,9 +17,14 @@ import abc
 import logging
 import os
 import signal
-import sys
 import threading
 from typing import TYPE_CHECKING, Any
+
+from pytest_expire.timer.lifetime import (
+    WATCHDOG_READY_TIMEOUT,
+    WATCHDOG_STOP_TIMEOUT,
+    die_with_parent,
+)
 
 if TYPE_CHECKING:
     import multiprocessing.connection
@@ -27,14 +32,6 @@ if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
 
 logger = logging.getLogger(__name__)
-
-# How long a server process may take to become ready: spawning an interpreter
-# and importing this package takes well under a second on an idle machine,
-# but CI machines are not idle.
-_READY_TIMEOUT = 30.0
-# How long stop() waits for a server process before it is killed.
-_STOP_TIMEOUT = 2.0
-_PR_SET_PDEATHSIG = 1
 
 
 class Watchdog(abc.ABC):
@@ -73,7 +70,7 @@ class Watchdog(abc.ABC):
 
     def _stop_join_timeout(self) -> float:
         """How long ``stop()`` waits for the watchdog thread."""
-        return _STOP_TIMEOUT
+        return WATCHDOG_STOP_TIMEOUT
 
     def _default_mp_context(self) -> BaseContext:
         import multiprocessing
@@ -96,10 +93,11 @@ class Watchdog(abc.ABC):
 
         With ``process=True`` the watchdog runs in a new process (created with
         ``mp_context``, by default ``spawn``), which keeps working while every
-        thread of this process is wedged.
+        thread of this process is wedged. On a running server it does
+        nothing (see :meth:`_already_running`).
         """
-        if self.is_running:
-            raise RuntimeError(f"{type(self).__name__} is already running")
+        if self._already_running(process):
+            return
         self._stop_signaled = False
         if not process:
             self._prepare()
@@ -118,6 +116,20 @@ class Watchdog(abc.ABC):
             context = mp_context
         self._start_process(context)
 
+    def _already_running(self, process: bool) -> bool:
+        """Whether a watchdog runs already, in the mode asked for (``start()`` then does nothing).
+
+        torch's servers accept a second ``start()``, and code written for them
+        calls it; a watchdog of the other mode cannot be switched to: RuntimeError.
+        """
+        if not self.is_running:
+            return False
+        if process != (self._watchdog_process is not None):
+            mode = "a process" if self._watchdog_process is not None else "a thread"
+            raise RuntimeError(f"{type(self).__name__} is already running in {mode}")
+        logger.info("%s is already running; start() does nothing", type(self).__name__)
+        return True
+
     def stop(self) -> None:
         """Stop watching and release the server's resources; return promptly."""
         self._stop_signaled = True
@@ -130,7 +142,7 @@ class Watchdog(abc.ABC):
                 logger.warning("%s watchdog thread did not stop in time", type(self).__name__)
         if process is not None:
             process.terminate()
-            process.join(_STOP_TIMEOUT)
+            process.join(WATCHDOG_STOP_TIMEOUT)
             if process.is_alive():
                 logger.warning("%s watchdog process did not stop, killing it", type(self).__name__)
                 process.kill()
@@ -154,7 +166,7 @@ class Watchdog(abc.ABC):
         process.start()
         ready_writer.close()
         try:
-            message = ready_reader.recv() if ready_reader.poll(_READY_TIMEOUT) else None
+            message = ready_reader.recv() if ready_reader.poll(WATCHDOG_READY_TIMEOUT) else None
         except EOFError:
             message = None
         finally:
@@ -202,25 +214,3 @@ def _serve_in_process(
 
 def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(0)
-
-
-def die_with_parent(parent_pid: int, signum: int) -> None:
-    """Have the kernel send ``signum`` when the parent dies (Linux), so nothing is orphaned."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signum)
-    if not _exists(parent_pid):
-        # The parent died before the request above took effect.
-        raise SystemExit(0)
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user's
-        return True
-    return True

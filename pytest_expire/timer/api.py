@@ -4,23 +4,32 @@ A *client* in a worker process arms a timer (``acquire``) before a block of
 code and disarms it (``release``) after; a *server* elsewhere watches the
 timers and reaps a worker whose timer expired. This module holds the abstract
 pieces, with the names and signatures of ``torch.distributed.elastic.timer``,
-and :func:`expires`, the context manager that user code writes.
+the request types every pair shares (:class:`TimerRequest`, and
+:class:`FileTimerRequest`, a request with a signal of its own), the type of
+the Unix-socket server's expiry callback (:data:`OnExpired`), and
+:func:`expires`, the context manager that user code writes.
 """
 
 from __future__ import annotations
 
 import abc
+import json
 import logging
 import math
 import sys
 import time
+from collections.abc import Callable
+from json.encoder import encode_basestring_ascii
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
+from pytest_expire.timer._reaping import Reaper, reap_no_throw
 from pytest_expire.timer._table import wait_timeout
 from pytest_expire.timer._watchdog import Watchdog
 
 __all__ = [
+    "FileTimerRequest",
+    "OnExpired",
     "RequestQueue",
     "TimerClient",
     "TimerRequest",
@@ -31,9 +40,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# When reaping a worker failed (the reap returned False), it is tried again
-# after this long, or after ``max_interval`` if that is shorter.
-_REAP_RETRY_INTERVAL = 1.0
+# The version of the named-pipe wire format that FileTimerRequest serializes.
+_FILE_REQUEST_VERSION = 1
 
 
 class TimerRequest:
@@ -71,6 +79,97 @@ class TimerRequest:
             f"{type(self).__name__}(worker_id={self.worker_id!r}, scope_id={self.scope_id!r}, "
             f"expiration_time={self.expiration_time!r})"
         )
+
+
+class FileTimerRequest(TimerRequest):
+    """A timer request on the FIFO: a :class:`TimerRequest` with a version and a signal.
+
+    The worker is identified by its PID. A negative ``expiration_time``
+    releases the timer. ``signal`` is what the server sends the worker when
+    the timer expires; a timer whose signal is 0 or less expires without one.
+    """
+
+    __slots__ = ["signal", "version"]
+
+    def __init__(
+        self, worker_pid: int, scope_id: str, expiration_time: float, signal: int = 0
+    ) -> None:
+        super().__init__(worker_pid, scope_id, expiration_time)
+        self.version = _FILE_REQUEST_VERSION
+        self.signal = signal
+
+    @property
+    def worker_pid(self) -> int:
+        """The PID of the worker the timer belongs to."""
+        return cast(int, self.worker_id)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FileTimerRequest):
+            return (
+                super().__eq__(other)
+                and self.version == other.version
+                and self.signal == other.signal
+            )
+        return False
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(worker_pid={self.worker_id!r}, scope_id={self.scope_id!r}, "
+            f"expiration_time={self.expiration_time!r}, signal={self.signal!r})"
+        )
+
+    def to_json(self) -> str:
+        """The request as one JSON object, in torch's wire format (no newline).
+
+        Exactly what ``json.dumps`` of the five fields gives. Fields of the
+        types a client sends are formatted directly, in a third of the time
+        ``json.dumps`` takes; anything else goes through ``json.dumps``.
+        """
+        version, pid, scope_id = self.version, self.worker_id, self.scope_id
+        expiration_time, signum = self.expiration_time, self.signal
+        if (
+            type(scope_id) is str
+            and type(version) is int
+            and type(pid) is int
+            and _is_json_int(signum)
+            and (type(expiration_time) is int or _is_finite_float(expiration_time))
+        ):
+            # %r is what json.dumps writes for an int or a finite float, %d for
+            # an int or an int enum (a signal), and encode_basestring_ascii
+            # escapes the string exactly as json.dumps does.
+            return _WIRE_FORMAT % (
+                version,
+                pid,
+                encode_basestring_ascii(scope_id),
+                expiration_time,
+                signum,
+            )
+        fields = {
+            "version": version,
+            "pid": pid,
+            "scope_id": scope_id,
+            "expiration_time": expiration_time,
+            "signal": signum,
+        }
+        return json.dumps(fields)
+
+
+_WIRE_FORMAT = '{"version": %d, "pid": %d, "scope_id": %s, "expiration_time": %r, "signal": %d}'
+
+
+def _is_json_int(value: object) -> bool:
+    """An int that json.dumps writes as its digits (a bool is written as true or false)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_float(value: object) -> bool:
+    return type(value) is float and math.isfinite(value)
+
+
+#: Called by the Unix-socket server for each worker with expired timers, before
+#: the signal: ``on_expired(pid, timers)``; a returned text is logged as the
+#: worker's stacks.
+OnExpired = Callable[[int, list[FileTimerRequest]], str | None]
 
 
 class TimerClient(abc.ABC):
@@ -117,7 +216,7 @@ class TimerServer(Watchdog):
         self._request_queue = request_queue
         self._max_interval = max_interval
         self._init_watchdog(daemon)
-        self._retry_at: float | None = None
+        self._reaper: Reaper[Any] = Reaper()
 
     @abc.abstractmethod
     def register_timers(self, timer_requests: list[TimerRequest]) -> None:
@@ -143,12 +242,13 @@ class TimerServer(Watchdog):
         """
         return None
 
+    def _get_requests(self, size: int, timeout: float) -> list[TimerRequest]:
+        """A round's requests: ``request_queue.get(size, timeout)``, or a server's own read."""
+        return self._request_queue.get(size, timeout)
+
     def _reap_worker_no_throw(self, worker_id: Any) -> bool:
-        try:
-            return self._reap_worker(worker_id)
-        except Exception:
-            logger.exception("error reaping worker %r; counted as reaped", worker_id)
-            return True
+        """:meth:`_reap_worker`, with an exception logged and counted as reaped (as torch's)."""
+        return reap_no_throw(self._reap_worker, worker_id)
 
     def _stop_join_timeout(self) -> float:
         return max(super()._stop_join_timeout(), self._max_interval)
@@ -162,29 +262,25 @@ class TimerServer(Watchdog):
 
     def _wait_timeout(self) -> float:
         """How long a round may wait for requests before it must look at deadlines."""
-        return wait_timeout(self._next_deadline(), self._retry_at, self._max_interval, time.time())
+        return wait_timeout(
+            self._next_deadline(), self._reaper.retry_at, self._max_interval, time.time()
+        )
 
     def _run_watchdog(self) -> None:
         batch_size = max(1, self._request_queue.size())
-        timer_requests = self._request_queue.get(batch_size, self._wait_timeout())
+        timer_requests = self._get_requests(batch_size, self._wait_timeout())
         self.register_timers(timer_requests)
         now = time.time()
-        reaped_worker_ids = set()
-        unreaped = False
-        for worker_id, expired_timers in self.get_expired_timers(now).items():
+        expired = self.get_expired_timers(now)
+        for worker_id, expired_timers in expired.items():
             logger.info(
                 "reaping worker %r: %d timer(s) expired: %s",
                 worker_id,
                 len(expired_timers),
                 [timer.scope_id for timer in expired_timers],
             )
-            if self._reap_worker_no_throw(worker_id):
-                reaped_worker_ids.add(worker_id)
-            else:
-                unreaped = True
-                logger.error("could not reap worker %r, will retry", worker_id)
-        self._retry_at = now + min(_REAP_RETRY_INTERVAL, self._max_interval) if unreaped else None
-        self.clear_timers(reaped_worker_ids)
+        reaped = self._reaper.reap(expired, self._reap_worker, now, self._max_interval)
+        self.clear_timers(reaped)
 
 
 _default_client: TimerClient | None = None

@@ -27,10 +27,12 @@ server (or was admitted). The client waits out a full pipe.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import logging
 import math
+import multiprocessing
 import os
 import re
 import select
@@ -38,19 +40,24 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from json.encoder import encode_basestring_ascii
 from signal import NSIG, SIGKILL
 from typing import TYPE_CHECKING, Any, cast
 
 from pytest_expire.timer._guard import ReapGuard
+from pytest_expire.timer._reaping import Reaper
 from pytest_expire.timer._table import (
     TimerTable,
     drop_timers_of_exited,
-    is_valid_expiration,
     wait_timeout,
 )
+from pytest_expire.timer._validation import (
+    checked_expiration,
+    checked_signal,
+    is_valid_expiration,
+)
 from pytest_expire.timer._watchdog import Watchdog
-from pytest_expire.timer.api import _REAP_RETRY_INTERVAL, TimerClient, TimerRequest
+from pytest_expire.timer.api import _FILE_REQUEST_VERSION as _VERSION
+from pytest_expire.timer.api import FileTimerRequest, TimerClient
 from pytest_expire.timer.debug_info_logging import log_debug_info_for_expired_timers
 
 if TYPE_CHECKING:
@@ -60,7 +67,6 @@ __all__ = ["FileTimerClient", "FileTimerRequest", "FileTimerServer"]
 
 logger = logging.getLogger(__name__)
 
-_VERSION = 1
 _KEYS = frozenset(("version", "pid", "scope_id", "expiration_time", "signal"))
 # The largest PID any kernel hands out (pid_t is a 32-bit int); a larger
 # number is not a PID, and some system calls would overflow on it.
@@ -83,91 +89,6 @@ _MAX_WAIT = 3600.0
 _LOGGED_BYTES = 200
 
 LogEvent = Callable[[str, "FileTimerRequest | None"], None]
-
-
-class FileTimerRequest(TimerRequest):
-    """A timer request on the FIFO: a :class:`TimerRequest` with a version and a signal.
-
-    The worker is identified by its PID. A negative ``expiration_time``
-    releases the timer. ``signal`` is what the server sends the worker when
-    the timer expires; a timer whose signal is 0 or less expires without one.
-    """
-
-    __slots__ = ["signal", "version"]
-
-    def __init__(
-        self, worker_pid: int, scope_id: str, expiration_time: float, signal: int = 0
-    ) -> None:
-        super().__init__(worker_pid, scope_id, expiration_time)
-        self.version = _VERSION
-        self.signal = signal
-
-    @property
-    def worker_pid(self) -> int:
-        """The PID of the worker the timer belongs to."""
-        return cast(int, self.worker_id)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, FileTimerRequest):
-            return (
-                super().__eq__(other)
-                and self.version == other.version
-                and self.signal == other.signal
-            )
-        return False
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(worker_pid={self.worker_id!r}, scope_id={self.scope_id!r}, "
-            f"expiration_time={self.expiration_time!r}, signal={self.signal!r})"
-        )
-
-    def to_json(self) -> str:
-        """The request as one JSON object, in torch's wire format (no newline).
-
-        Exactly what ``json.dumps`` of the five fields gives. Fields of the
-        types a client sends are formatted directly, in a third of the time
-        ``json.dumps`` takes; anything else goes through ``json.dumps``.
-        """
-        version, pid, scope_id = self.version, self.worker_id, self.scope_id
-        expiration_time, signum = self.expiration_time, self.signal
-        if (
-            type(scope_id) is str
-            and type(version) is int
-            and type(pid) is int
-            and _is_json_int(signum)
-            and (type(expiration_time) is int or _is_finite_float(expiration_time))
-        ):
-            # %r is what json.dumps writes for an int or a finite float, %d for
-            # an int or an int enum (a signal), and encode_basestring_ascii
-            # escapes the string exactly as json.dumps does.
-            return _WIRE_FORMAT % (
-                version,
-                pid,
-                encode_basestring_ascii(scope_id),
-                expiration_time,
-                signum,
-            )
-        fields = {
-            "version": version,
-            "pid": pid,
-            "scope_id": scope_id,
-            "expiration_time": expiration_time,
-            "signal": signum,
-        }
-        return json.dumps(fields)
-
-
-_WIRE_FORMAT = '{"version": %d, "pid": %d, "scope_id": %s, "expiration_time": %r, "signal": %d}'
-
-
-def _is_json_int(value: object) -> bool:
-    """An int that json.dumps writes as its digits (a bool is written as true or false)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_finite_float(value: object) -> bool:
-    return type(value) is float and math.isfinite(value)
 
 
 # --------------------------------------------------------------------------- client
@@ -195,11 +116,20 @@ class FileTimerClient(TimerClient):
     def __init__(self, file_path: str, signal: int = SIGKILL) -> None:
         super().__init__()
         self._file_path = file_path
-        self.signal = signal
+        self.signal = checked_signal(signal)
 
     def acquire(self, scope_id: str, expiration_time: float) -> None:
-        if not is_valid_expiration(expiration_time) or not math.isfinite(expiration_time):
-            raise ValueError(f"expiration_time must be a finite number, got {expiration_time!r}")
+        """Arm ``scope_id``; a negative time releases it, as in torch (see ``_validation``).
+
+        JSON has no infinity, so a timer that never expires cannot be sent: an
+        infinite time is refused with ValueError.
+        """
+        checked = checked_expiration(expiration_time)
+        if checked is None:
+            self.release(scope_id)
+            return
+        if checked == math.inf:
+            raise ValueError(f"expiration_time must be finite on a FIFO, got {expiration_time!r}")
         self._send_request(FileTimerRequest(os.getpid(), scope_id, expiration_time, self.signal))
 
     def release(self, scope_id: str) -> None:
@@ -509,11 +439,6 @@ class FileTimerServer(Watchdog):
         self._guard = ReapGuard()
         self._init_watchdog(daemon)
         self._started = False
-        # Imported here: the Unix-socket pair imports this module for its
-        # requests, and its clients need neither.
-        import ctypes
-        import multiprocessing
-
         # Written where the watchdog runs, read wherever the server object is.
         self._progress = multiprocessing.RawValue(ctypes.c_double, 0.0)
         self._fifo_id: tuple[int, int] | None = None
@@ -530,7 +455,9 @@ class FileTimerServer(Watchdog):
         self._poller: select.poll | None = None
         self._decoder = RequestDecoder()
         self._timers: TimerTable[FileTimerRequest] = TimerTable()
-        self._retry_at: float | None = None
+        # How many requests were registered (torch's tests read it).
+        self._request_count = 0
+        self._reaper: Reaper[int] = Reaper()
         self._final_round = False
 
     # ---- public API
@@ -540,7 +467,10 @@ class FileTimerServer(Watchdog):
         self._guard.admit(pid)
 
     def start(self, *, process: bool = False, mp_context: BaseContext | str | None = None) -> None:
-        """Start watching; clients can connect as soon as this returns."""
+        """Start watching; clients can connect as soon as this returns (on a running
+        server, nothing happens)."""
+        if self._already_running(process):
+            return
         logger.info(
             "starting %s: file_path=%s, max_interval=%s, process=%s",
             type(self).__name__,
@@ -549,7 +479,7 @@ class FileTimerServer(Watchdog):
             process,
         )
         self._ensure_fifo()  # again after a stop()
-        if process and not self.is_running:
+        if process:
             # The process opens the FIFO itself; a second reader here would
             # take requests that nobody handles.
             self._close_io()
@@ -588,7 +518,7 @@ class FileTimerServer(Watchdog):
             raise RuntimeError("run_once() cannot reach a watchdog process; stop() it first")
         if self._read_fd is None:
             self._prepare()
-        self._run_round(wait=False)
+        self._run_watchdog(wait=False)
 
     @staticmethod
     def is_process_running(pid: int) -> bool:
@@ -619,6 +549,7 @@ class FileTimerServer(Watchdog):
         exited = self._guard.notice_exits()
         if exited:
             drop_timers_of_exited(self._timers, exited)
+        self._request_count += len(timer_requests)
         for request in timer_requests:
             if request.expiration_time < 0:
                 self._timers.remove(request.worker_id, request.scope_id)
@@ -698,7 +629,7 @@ class FileTimerServer(Watchdog):
         poller.register(wake_r, select.POLLIN)
         self._decoder = RequestDecoder()
         self._timers = TimerTable()
-        self._retry_at = None
+        self._reaper = Reaper()
         self._final_round = False
         with self._io_lock:
             self._read_fd, self._write_fd = read_fd, write_fd
@@ -730,15 +661,18 @@ class FileTimerServer(Watchdog):
         while not self._stop_signaled and self._read_fd is not None:
             final = self._final_round
             try:
-                self._run_round(wait=not final)
+                self._run_watchdog(wait=not final)
             except Exception:
                 logger.exception("error running the watchdog")
                 time.sleep(min(0.1, self._max_interval))  # no busy loop on a lasting error
             if final:
                 break
 
-    def _run_round(self, wait: bool) -> None:
-        """Wait for a request or the next deadline, read what came, reap what expired."""
+    def _run_watchdog(self, wait: bool = True) -> None:
+        """One round: wait for a request or the next deadline, read what came, reap what expired.
+
+        torch's name for a round, which code written for torch wraps to count rounds.
+        """
         poller, read_fd, wake_r = self._poller, self._read_fd, self._wake_r
         if poller is None or read_fd is None or wake_r is None:
             return
@@ -752,7 +686,7 @@ class FileTimerServer(Watchdog):
 
     def _wait_timeout(self) -> float:
         return wait_timeout(
-            self._timers.next_deadline(), self._retry_at, self._max_interval, time.time()
+            self._timers.next_deadline(), self._reaper.retry_at, self._max_interval, time.time()
         )
 
     def _read(self, fd: int, limit: int) -> list[FileTimerRequest]:
@@ -776,23 +710,22 @@ class FileTimerServer(Watchdog):
 
     def _reap_expired(self, now: float) -> None:
         expired = self.get_expired_timers(now)
-        if not expired:
+        if not expired and self._reaper.retry_at is None:
             return
         for pid in list(expired):
             if not self.is_process_running(pid):
                 logger.info("worker %d has exited; dropping its timers", pid)
                 self.clear_timers({pid})
                 del expired[pid]
-        if not expired:
-            return
-        try:
-            log_debug_info_for_expired_timers(
-                self._run_id,
-                {pid: [timer.to_json() for timer in timers] for pid, timers in expired.items()},
-            )
-        except Exception:
-            logger.exception("error logging the expired timers")
-        unreaped = False
+        if expired:
+            try:
+                log_debug_info_for_expired_timers(
+                    self._run_id,
+                    {pid: [timer.to_json() for timer in timers] for pid, timers in expired.items()},
+                )
+            except Exception:
+                logger.exception("error logging the expired timers")
+        signals: dict[int, int] = {}
         for pid, timers in expired.items():
             logger.info(
                 "worker %d: %d timer(s) expired: %s",
@@ -805,14 +738,22 @@ class FileTimerServer(Watchdog):
             to_kill = next((timer for timer in timers if timer.signal > 0), None)
             if to_kill is None:
                 logger.info("no signal requested for worker %d; not reaping it", pid)
+                self.clear_timers({pid})
             else:
                 self._emit("kill worker process", to_kill)
-                if not self._guard.send_signal(pid, to_kill.signal):
-                    logger.error("could not signal worker %d, will retry", pid)
-                    unreaped = True
-                    continue
-            self.clear_timers({pid})
-        self._retry_at = now + min(_REAP_RETRY_INTERVAL, self._max_interval) if unreaped else None
+                signals[pid] = to_kill.signal
+        reaped = self._reaper.reap(
+            signals, lambda pid: self._reap_worker(pid, signals[pid]), now, self._max_interval
+        )
+        self.clear_timers(reaped)
+
+    def _reap_worker(self, worker_pid: int, signal: int) -> bool:
+        """Send ``signal`` to the worker, if it may be signalled (see ``ReapGuard``).
+
+        True when the worker needs no more attention, False to try again
+        later; the name and arguments are torch's, for code that patches it.
+        """
+        return self._guard.send_signal(worker_pid, signal)
 
     def _emit(self, name: str, request: FileTimerRequest | None) -> None:
         try:
@@ -842,8 +783,9 @@ _RUNTIME_ATTRIBUTES = (
     "_poller",
     "_decoder",
     "_timers",
-    "_retry_at",
+    "_reaper",
     "_final_round",
+    "_request_count",
 )
 
 

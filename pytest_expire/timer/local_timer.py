@@ -22,7 +22,8 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 from pytest_expire.timer._guard import ReapGuard
-from pytest_expire.timer._table import TimerTable, drop_timers_of_exited, is_valid_expiration
+from pytest_expire.timer._table import TimerTable, drop_timers_of_exited
+from pytest_expire.timer._validation import checked_expiration, is_valid_expiration
 from pytest_expire.timer.api import RequestQueue, TimerClient, TimerRequest, TimerServer
 
 __all__ = ["LocalTimerClient", "LocalTimerServer", "MultiprocessingRequestQueue"]
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 # Put on the queue by the server itself to end a wait early (stop()).
 _WAKE_UP = None
+# How long the server waits for each further request of a batch it knows was put.
+_IN_FLIGHT_WAIT = 0.01
 
 
 class LocalTimerClient(TimerClient):
@@ -40,6 +43,10 @@ class LocalTimerClient(TimerClient):
         self._mp_queue = mp_queue
 
     def acquire(self, scope_id: str, expiration_time: float) -> None:
+        """Arm ``scope_id``; a negative time releases it, as in torch (see ``_validation``)."""
+        if checked_expiration(expiration_time) is None:
+            self.release(scope_id)
+            return
         self._mp_queue.put(TimerRequest(os.getpid(), scope_id, expiration_time))
 
     def release(self, scope_id: str) -> None:
@@ -59,20 +66,52 @@ class MultiprocessingRequestQueue(RequestQueue):
             return 0
 
     def get(self, size: int, timeout: float) -> list[TimerRequest]:
-        """Wait up to ``timeout`` for a first request, then take what is already there."""
+        """Collect up to ``size`` requests for up to ``timeout`` seconds in all, as torch's does.
+
+        Returns early only when ``size`` requests came, or when the server
+        that owns the queue is stopping.
+        """
         requests: list[TimerRequest] = []
         deadline = time.monotonic() + timeout
         while len(requests) < size:
-            wait = deadline - time.monotonic() if not requests else 0.0
-            try:
-                item = self._mp_queue.get(block=wait > 0, timeout=wait if wait > 0 else None)
-            except queue.Empty:
+            item = self._take(deadline - time.monotonic())
+            if item is None:  # none came in time, or the server is stopping
                 break
-            if item is not _WAKE_UP:
-                requests.append(item)
-            elif not requests:
-                break
+            requests.append(item)
         return requests
+
+    def get_arrived(self, size: int, timeout: float) -> list[TimerRequest]:
+        """Wait up to ``timeout`` for a first request, then take up to ``size`` in all.
+
+        The server's own read: a request is acted upon as soon as it
+        arrives, not when a batch is complete. ``size`` is what the queue
+        counted as put: after the first request the others are on their way
+        from the writers' feeder threads, and each is waited for a moment
+        (``_IN_FLIGHT_WAIT``), not for the whole timeout: a writer killed
+        in the middle of a ``put`` leaves one counted that never comes.
+        """
+        requests: list[TimerRequest] = []
+        deadline = time.monotonic() + timeout
+        while len(requests) < size:
+            wait = deadline - time.monotonic()
+            item = self._take(min(wait, _IN_FLIGHT_WAIT) if requests else wait)
+            if item is None:  # none came in time, or the server is stopping
+                break
+            requests.append(item)
+        return requests
+
+    def _take(self, wait: float) -> TimerRequest | None:
+        """The next request, waiting up to ``wait`` (or taking what is there).
+
+        None if none came, or if it was the server's wake-up (``_WAKE_UP``).
+        """
+        try:
+            item: TimerRequest | None = self._mp_queue.get(
+                block=wait > 0, timeout=wait if wait > 0 else None
+            )
+        except queue.Empty:
+            return None
+        return item
 
     def wake_up(self) -> None:
         """End a waiting :meth:`get` early."""
@@ -135,6 +174,9 @@ class LocalTimerServer(TimerServer):
 
     def _reap_worker(self, worker_id: Any) -> bool:
         return self._guard.send_signal(worker_id, signal.SIGKILL)
+
+    def _get_requests(self, size: int, timeout: float) -> list[TimerRequest]:
+        return self._mp_request_queue.get_arrived(size, timeout)
 
     def _wake(self) -> None:
         self._mp_request_queue.wake_up()

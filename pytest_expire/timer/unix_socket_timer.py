@@ -8,9 +8,9 @@ writer can have any process signalled, and it never learns that a worker
 died. This pair offers:
 
 - **An address string** (``"unix:/path/to/socket"``, see :func:`parse_address`)
-  that can be put in the environment (:data:`ADDRESS_ENV`), so xdist workers,
-  spawned multiprocessing children and plain subprocesses all reach the same
-  server (:meth:`UnixSocketTimerClient.from_env`).
+  that can be put in an environment variable of the caller's choice, so
+  xdist workers, spawned multiprocessing children and plain subprocesses all
+  reach the same server (:meth:`UnixSocketTimerClient.from_env`).
 - **Identity from the kernel.** A client connects to a ``SOCK_SEQPACKET``
   Unix socket; at ``accept`` the server reads ``SO_PEERCRED``, the PID and
   user of the process that connected, as the kernel recorded them. Requests
@@ -93,14 +93,15 @@ from typing import Any, NamedTuple, cast
 
 from pytest_expire.timer import debug_info_logging
 from pytest_expire.timer._guard import ReapGuard
+from pytest_expire.timer._reaping import Reaper
 from pytest_expire.timer._table import TimerTable
+from pytest_expire.timer._validation import checked_expiration, checked_signal
 from pytest_expire.timer._watchdog import Watchdog
-from pytest_expire.timer.api import TimerClient
-from pytest_expire.timer.file_based_local_timer import FileTimerRequest
+from pytest_expire.timer.api import FileTimerRequest, OnExpired, TimerClient
 
 __all__ = [
-    "ADDRESS_ENV",
     "MAX_SCOPE_BYTES",
+    "OnExpired",
     "PreparedTimers",
     "TimerServerError",
     "UnixSocketTimerClient",
@@ -110,9 +111,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: The environment variable through which a session's processes find its server.
-ADDRESS_ENV = "PYTEST_EXPIRE_ADDRESS"
 
 _SCHEME = "unix:"
 # sun_path holds 108 bytes, the terminating NUL included.
@@ -155,7 +153,6 @@ _CONTROL_BATCH = 256
 _ACCEPT_BATCH = 64
 # epoll cannot wait much longer than 2**31 ms; waking early is harmless.
 _MAX_WAIT = 86400.0
-_REAP_RETRY_INTERVAL = 1.0
 _ERROR_BACKOFF = 0.1
 # What reading a client's pipe found (see _read_pipe).
 _NOTHING, _SOME, _FULL = 0, 1, 2
@@ -208,20 +205,40 @@ def format_address(path: str) -> str:
 # The pipe's messages
 
 
-def _encode_acquire(scope: bytes, expiration_time: float, signum: int) -> bytes:
-    return _HEADER.pack(_HEADER_SIZE + len(scope), _ACQUIRE, expiration_time, signum) + scope
-
-
 def _encode_release(scope: bytes) -> bytes:
     return _HEADER.pack(_HEADER_SIZE + len(scope), _RELEASE, _RELEASE_TIME, 0) + scope
 
 
-def _checked_release(scope_id: str) -> bytes:
-    """The release request of ``scope_id``; ValueError if the scope is too long for one."""
+def _checked_scope(scope_id: object) -> bytes:
+    """``scope_id`` in UTF-8; TypeError if it is not a str, ValueError if too long a one."""
+    if not isinstance(scope_id, str):
+        raise TypeError(f"scope_id must be a str, got {scope_id!r}")
     scope = scope_id.encode()
     if len(scope) > MAX_SCOPE_BYTES:
-        raise ValueError(_too_long(scope_id, scope))
-    return _encode_release(scope)
+        raise ValueError(
+            f"scope_id {scope_id[:80]!r}... is {len(scope)} bytes in UTF-8; "
+            f"at most {MAX_SCOPE_BYTES} fit one request"
+        )
+    return scope
+
+
+def _arming_request(scope: bytes, expiration_time: object, signum: int) -> tuple[bytes, float]:
+    """The request that arms the timer ``scope``, and its deadline: every arming path's.
+
+    ``scope`` and ``signum`` are checked already (:func:`_checked_scope`,
+    ``checked_signal``); ``expiration_time`` is checked here
+    (``checked_expiration``): a negative one gives the scope's release,
+    whose deadline is infinite (it never wakes the server).
+    """
+    if type(expiration_time) is float and expiration_time >= 0.0:
+        deadline = expiration_time
+    else:
+        checked = checked_expiration(expiration_time)
+        if checked is None:
+            return _encode_release(scope), math.inf
+        deadline = checked
+    request = _HEADER.pack(_HEADER_SIZE + len(scope), _ACQUIRE, deadline, signum) + scope
+    return request, deadline
 
 
 class _Decoded(NamedTuple):
@@ -321,41 +338,35 @@ class PreparedTimers:
     __slots__ = ("_client", "_release", "_timers")
 
     def __init__(self, client: UnixSocketTimerClient, timers: Sequence[tuple[str, int]]) -> None:
-        prepared = []
-        for scope_id, signum in timers:
-            _check_signal(signum)
-            if not 0 <= signum < signal.NSIG:
-                raise ValueError(f"signal {signum} is not a signal number")
-            scope = scope_id.encode()
-            if len(scope) > MAX_SCOPE_BYTES:
-                raise ValueError(_too_long(scope_id, scope))
-            prepared.append((_HEADER_SIZE + len(scope), int(signum), scope))
+        prepared = tuple(
+            (_checked_scope(scope_id), checked_signal(signum)) for scope_id, signum in timers
+        )
         if not prepared:
             raise ValueError("prepare() needs at least one timer")
-        if sum(length for length, _, _ in prepared) > _MAX_MESSAGE:
+        if sum(_HEADER_SIZE + len(scope) for scope, _ in prepared) > _MAX_MESSAGE:
             raise ValueError(f"prepared timers must fit one write of {_MAX_MESSAGE} bytes")
         self._client = client
-        self._timers = tuple(prepared)
-        self._release = b"".join(_encode_release(scope) for _, _, scope in prepared)
+        self._timers = prepared
+        self._release = b"".join(_encode_release(scope) for scope, _ in prepared)
 
     def acquire(self, *expiration_times: float) -> None:
-        """Arm the timers, the i-th to expire at the i-th time (``time.time()`` based)."""
+        """Arm the timers, the i-th to expire at the i-th time (``time.time()`` based).
+
+        A negative time releases its timer, as :meth:`UnixSocketTimerClient.acquire` does.
+        """
         if len(expiration_times) != len(self._timers):
             raise TypeError(
                 f"acquire() takes one expiration time per prepared timer "
                 f"({len(self._timers)}), got {len(expiration_times)}"
             )
-        requests = b""
-        for (length, signum, scope), expiration_time in zip(
-            self._timers, expiration_times, strict=True
-        ):
-            if type(expiration_time) is not float or not expiration_time >= 0.0:
-                checked = _check_expiration(expiration_time)
-                if checked is None:
-                    raise ValueError(f"expiration_time must be >= 0, got {expiration_time!r}")
-                expiration_time = checked
-            requests += _HEADER.pack(length, _ACQUIRE, expiration_time, signum) + scope
-        self._client._write_requests(requests, min(expiration_times))
+        requests = []
+        earliest = math.inf
+        for (scope, signum), expiration_time in zip(self._timers, expiration_times, strict=True):
+            request, deadline = _arming_request(scope, expiration_time, signum)
+            requests.append(request)
+            if deadline < earliest:
+                earliest = deadline
+        self._client._write_requests(b"".join(requests), earliest)
 
     def release(self) -> None:
         """Release the timers (those that have not expired yet)."""
@@ -391,24 +402,29 @@ class UnixSocketTimerClient(TimerClient):
     @classmethod
     def from_env(
         cls,
+        variable: str,
         signal: int = signal.SIGKILL,
         timeout: float = _DEFAULT_TIMEOUT,
         environ: Mapping[str, str] | None = None,
     ) -> UnixSocketTimerClient:
-        """A client of the server whose address is in :data:`ADDRESS_ENV`."""
-        address = (os.environ if environ is None else environ).get(ADDRESS_ENV)
+        """A client of the server whose address is in the environment variable ``variable``.
+
+        The process that starts the server chooses the variable and sets it
+        to :attr:`UnixSocketTimerServer.address`; its children inherit it.
+        ``environ`` defaults to ``os.environ``.
+        """
+        address = (os.environ if environ is None else environ).get(variable)
         if not address:
             raise RuntimeError(
-                f"{ADDRESS_ENV} is not set: no pytest-expire timer server was started for "
-                "this process (it is set by the process that starts the server)"
+                f"{variable} is not set: no timer server was started for this process "
+                "(the process that starts the server sets it to the server's address)"
             )
         return cls(address, signal=signal, timeout=timeout)
 
     def _setup(self, address: str, signum: int, timeout: float) -> None:
         self._path = parse_address(address)
         self._address = format_address(self._path)
-        _check_signal(signum)
-        self._signal = int(signum)
+        self._signal = checked_signal(signum)
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0, got {timeout!r}")
         self._timeout = float(timeout)
@@ -424,19 +440,9 @@ class UnixSocketTimerClient(TimerClient):
         return self._address
 
     def acquire(self, scope_id: str, expiration_time: float) -> None:
-        if type(expiration_time) is not float or not expiration_time >= 0.0:
-            checked = _check_expiration(expiration_time)
-            if checked is None:  # a negative time means "release", as in torch
-                self.release(scope_id)
-                return
-            expiration_time = checked
-        scope = scope_id.encode()
-        if len(scope) > MAX_SCOPE_BYTES:
-            raise ValueError(_too_long(scope_id, scope))
-        conn = self._send(_encode_acquire(scope, expiration_time, self._signal))
-        if expiration_time < conn.wake[0]:
-            # The server sleeps past this deadline: wake it to read the pipe.
-            self._poke(conn)
+        """Arm ``scope_id`` with this client's signal; a negative time releases it, as in torch."""
+        request, deadline = _arming_request(_checked_scope(scope_id), expiration_time, self._signal)
+        self._write_requests(request, deadline)
 
     def release(self, scope_id: str) -> None:
         self._send(self._release_message(scope_id))
@@ -446,29 +452,25 @@ class UnixSocketTimerClient(TimerClient):
 
         Beyond torch's API: a timer with a signal of its own (escalation, as
         an interrupt followed by a kill), and one system call for all of
-        them when they fit in one atomic pipe write. Checked as
-        :meth:`acquire` checks its arguments and the client's signal.
+        them when they fit in one atomic pipe write. Every timer is checked
+        before any is sent, as :meth:`acquire` checks its arguments and the
+        client's signal; a negative time releases its timer.
         """
-        messages: list[bytes] = []
+        requests: list[bytes] = []
         earliest = math.inf
         for scope_id, expiration_time, signum in timers:
-            if type(signum) is not int or not 0 <= signum < signal.NSIG:
-                _check_signal(signum)
-            if type(expiration_time) is not float or not expiration_time >= 0.0:
-                checked = _check_expiration(expiration_time)
-                if checked is None:
-                    messages.append(self._release_message(scope_id))
-                    continue
-                expiration_time = checked
-            scope = scope_id.encode()
-            if len(scope) > MAX_SCOPE_BYTES:
-                raise ValueError(_too_long(scope_id, scope))
-            messages.append(_encode_acquire(scope, expiration_time, int(signum)))
-            if expiration_time < earliest:
-                earliest = expiration_time
-        conn = self._send_all(messages)
-        if earliest < conn.wake[0]:
-            self._poke(conn)
+            request, deadline = _arming_request(
+                _checked_scope(scope_id), expiration_time, checked_signal(signum)
+            )
+            requests.append(request)
+            if deadline < earliest:
+                earliest = deadline
+        data = b"".join(requests)
+        if len(data) <= _MAX_MESSAGE:
+            self._write_requests(data, earliest)
+            return
+        for request in requests:  # each is atomic, the whole would not be
+            self._write_requests(request, earliest)
 
     def release_many(self, scope_ids: Iterable[str]) -> None:
         """Release several timers in one write (when they fit in one atomic pipe write)."""
@@ -477,7 +479,7 @@ class UnixSocketTimerClient(TimerClient):
             message = self._releases.get(scope_id)
             if message is None:
                 # Not cached: a scope released once (a test's, say) stays out of the cache.
-                message = _checked_release(scope_id)
+                message = _encode_release(_checked_scope(scope_id))
             messages.append(message)
         self._send_all(messages)
 
@@ -499,7 +501,7 @@ class UnixSocketTimerClient(TimerClient):
     def _release_message(self, scope_id: str) -> bytes:
         message = self._releases.get(scope_id)
         if message is None:
-            message = _checked_release(scope_id)
+            message = _encode_release(_checked_scope(scope_id))
             if len(self._releases) >= _RELEASE_CACHE_SIZE:
                 self._releases.clear()
             self._releases[scope_id] = message
@@ -590,33 +592,6 @@ class UnixSocketTimerClient(TimerClient):
         self._setup(state["address"], state["signal"], state["timeout"])
 
 
-def _check_signal(signum: object) -> None:
-    if isinstance(signum, bool) or not isinstance(signum, int):
-        raise TypeError(f"signal must be an int, got {signum!r}")
-    if not -(2**31) <= signum < signal.NSIG:
-        raise ValueError(f"signal {signum} is not a signal number")
-
-
-def _check_expiration(value: object) -> float | None:
-    """``value`` as an expiration time; None for a negative one (a release)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"expiration_time must be a number (time.time() + seconds), got {value!r}")
-    try:
-        expiration_time = float(value)
-    except OverflowError:
-        expiration_time = math.inf if value > 0 else -math.inf
-    if math.isnan(expiration_time):
-        raise ValueError("expiration_time must be a number, got NaN")
-    return None if expiration_time < 0 else expiration_time
-
-
-def _too_long(scope_id: str, scope: bytes) -> str:
-    return (
-        f"scope_id {scope_id[:80]!r}... is {len(scope)} bytes in UTF-8; "
-        f"at most {MAX_SCOPE_BYTES} fit one request"
-    )
-
-
 def _handshake(path: str, address: str, timeout: float) -> _ClientConnection:
     """Connect, hand over a pipe, receive the wake page."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -692,10 +667,6 @@ def _close_all(fds: list[int]) -> None:
 # ---------------------------------------------------------------------------
 # Server
 
-#: Called by the server for each worker with expired timers, before the signal:
-#: ``on_expired(pid, timers)``; a returned text is logged as the worker's stacks.
-OnExpired = Callable[[int, list[FileTimerRequest]], str | None]
-
 
 class _ServerConnection:
     __slots__ = ("fd", "pending", "pid", "pipe", "sock")
@@ -719,8 +690,9 @@ class UnixSocketTimerServer(Watchdog):
     private directory (mode 0o700) of the temporary directory. The socket is
     created with mode 0o600 and removed by :meth:`stop`; a stale socket left
     at the path is replaced, a live one or any other file is not. Clients of
-    another user are refused. Put :attr:`address` in the environment
-    (:data:`ADDRESS_ENV`) to let a session's processes find the server.
+    another user are refused. Put :attr:`address` in an environment variable
+    to let the processes started under it find the server
+    (:meth:`UnixSocketTimerClient.from_env`).
 
     The server wakes at the earliest deadline, when a client wakes it, or
     after ``max_interval`` seconds at the latest. A request whose deadline is
@@ -783,12 +755,13 @@ class UnixSocketTimerServer(Watchdog):
         self._conns: dict[int, _ServerConnection] = {}
         self._pid_conns: dict[int, int] = {}
         self._timers: TimerTable[FileTimerRequest] = TimerTable()
-        self._retry: dict[int, int] = {}
-        self._retry_at: float | None = None
+        # The signal each worker is still owed, its reap having failed.
+        self._owed: dict[int, int] = {}
+        self._reaper: Reaper[int] = Reaper()
 
     @property
     def address(self) -> str:
-        """Where clients connect: ``"unix:/path"``; put it in :data:`ADDRESS_ENV`."""
+        """Where clients connect: ``"unix:/path"``, a string fit for the environment."""
         return self._address
 
     def admit(self, pid: int) -> None:
@@ -913,8 +886,9 @@ class UnixSocketTimerServer(Watchdog):
         deadline = self._timers.next_deadline()
         if deadline is not None and deadline < wake_at:
             wake_at = deadline
-        if self._retry_at is not None and self._retry_at < wake_at:
-            wake_at = self._retry_at
+        retry_at = self._reaper.retry_at
+        if retry_at is not None and retry_at < wake_at:
+            wake_at = retry_at
         return wake_at
 
     def _accept(self) -> None:
@@ -1085,7 +1059,7 @@ class UnixSocketTimerServer(Watchdog):
             logger.debug("a connection of timer client %d %s; %d remain", pid, reason, remaining)
             return
         dropped = self._timers.remove_worker(pid)
-        self._retry.pop(pid, None)
+        self._owed.pop(pid, None)
         self._guard.forget(pid)
         if dropped:
             logger.info(
@@ -1099,11 +1073,7 @@ class UnixSocketTimerServer(Watchdog):
             logger.debug("timer client %d %s", pid, reason)
 
     def _reap(self, now: float) -> None:
-        if self._retry_at is not None and self._retry_at <= now:
-            self._retry_at = None
-            for pid, signum in list(self._retry.items()):
-                if self._guard.send_signal(pid, signum):
-                    del self._retry[pid]
+        owed = self._owed
         deadline = self._timers.next_deadline()
         if deadline is not None and deadline <= now:
             expired = cast("dict[int, list[FileTimerRequest]]", self._timers.expired(now))
@@ -1113,12 +1083,27 @@ class UnixSocketTimerServer(Watchdog):
             self._report(expired)
             for pid, timers in expired.items():
                 signum = next((timer.signal for timer in timers if timer.signal > 0), 0)
-                if not signum:
+                if signum:
+                    owed[pid] = signum
+                else:
                     logger.info("timers of worker %d expired; they ask for no signal", pid)
-                elif not self._guard.send_signal(pid, signum):
-                    self._retry[pid] = signum
-        if self._retry and self._retry_at is None:
-            self._retry_at = now + min(_REAP_RETRY_INTERVAL, self._max_interval)
+        if owed or self._reaper.retry_at is not None:
+            reaped = self._reaper.reap(
+                list(owed),
+                lambda pid: self._reap_worker(pid, owed[pid]),
+                now,
+                self._max_interval,
+            )
+            for pid in reaped:
+                del owed[pid]
+
+    def _reap_worker(self, worker_pid: int, signal: int) -> bool:
+        """Send ``signal`` to the worker, if it may be signalled (see ``ReapGuard``).
+
+        True when the worker needs no more attention, False to try again
+        later; named and called as ``FileTimerServer``'s (and torch's).
+        """
+        return self._guard.send_signal(worker_pid, signal)
 
     def _report(self, expired: dict[int, list[FileTimerRequest]]) -> None:
         stacks: dict[int, str] = {}
@@ -1224,8 +1209,8 @@ _RUN_STATE = (
     "_conns",
     "_pid_conns",
     "_timers",
-    "_retry",
-    "_retry_at",
+    "_owed",
+    "_reaper",
     "_made_dir",
     "_wake_lock",
     "_wake_w",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import pickle
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -44,6 +46,37 @@ def test_timer_request_equality_slots_and_pickle() -> None:
         request.extra = 1  # type: ignore[attr-defined]
     assert pickle.loads(pickle.dumps(request)) == request
     assert "scope" in repr(request)
+
+
+def test_request_types_live_in_api_and_keep_their_torch_import_paths() -> None:
+    from pytest_expire.timer import file_based_local_timer, unix_socket_timer
+
+    assert timer.FileTimerRequest is api.FileTimerRequest
+    assert file_based_local_timer.FileTimerRequest is api.FileTimerRequest
+    assert timer.TimerRequest is api.TimerRequest
+    assert unix_socket_timer.OnExpired is api.OnExpired
+    request = api.FileTimerRequest(123, "scope", 10.5, 9)
+    assert isinstance(request, timer.TimerRequest)
+    assert request.worker_pid == 123
+
+
+def test_the_library_imports_nothing_of_the_plugin() -> None:
+    # What the library's imports add; a process started during a session may
+    # hold some of the plugin's modules already (its startup hook).
+    code = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "from pytest_expire.timer import api, file_based_local_timer, lifetime, local_timer\n"
+        "from pytest_expire.timer import unix_socket_timer, debug_info_logging\n"
+        "print(' '.join(sorted(m for m in set(sys.modules) - before "
+        "if m.startswith('pytest_expire'))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    added = result.stdout.split()
+    assert "pytest_expire.timer.unix_socket_timer" in added
+    assert [m for m in added if not m.startswith("pytest_expire.timer")] in ([], ["pytest_expire"])
 
 
 def test_timer_requests_order_by_expiration_time() -> None:
@@ -227,12 +260,16 @@ def test_an_exception_in_a_round_is_logged_and_the_watchdog_goes_on(
     assert "error running the watchdog" in caplog.text
 
 
-def test_start_twice_is_an_error_and_restart_after_stop_works() -> None:
+def test_start_on_a_running_server_does_nothing_and_restart_after_stop_works() -> None:
     queue = ListQueue()
     server = DictServer(queue, max_interval=0.02)
     server.start()
-    with pytest.raises(RuntimeError, match="already running"):
-        server.start()
+    thread = server._watchdog_thread
+    server.start()  # torch's servers accept it (its tests call it twice)
+    assert server._watchdog_thread is thread
+    assert [t for t in threading.enumerate() if t.name.startswith("DictServer")] == [thread]
+    with pytest.raises(RuntimeError, match="already running in a thread"):
+        server.start(process=True)
     server.stop()
     server.start()
     try:

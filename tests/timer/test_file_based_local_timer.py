@@ -302,8 +302,14 @@ def test_client_refuses_a_request_beyond_pipe_buf_counting_the_newline(
 
 def test_client_refuses_a_time_that_is_not_a_time(fifo: str) -> None:
     client = FileTimerClient(fifo)
-    for bad in (float("nan"), float("inf"), True, "soon"):
-        with pytest.raises(ValueError):
+    bad_times: list[tuple[object, type[Exception]]] = [
+        (math.nan, ValueError),
+        (math.inf, ValueError),
+        (True, TypeError),
+        ("soon", TypeError),
+    ]
+    for bad, error in bad_times:
+        with pytest.raises(error):
             client.acquire("s", bad)  # type: ignore[arg-type]
 
 
@@ -589,10 +595,13 @@ def test_a_server_restarts_after_stop(
     assert not os.path.lexists(fifo)
     server.start(process=process)
     assert Path(fifo).is_fifo()
+    runner = server._watchdog_process if process else server._watchdog_thread
+    server.start(process=process)  # accepted, as torch's is: the same watchdog goes on
+    assert (server._watchdog_process if process else server._watchdog_thread) is runner
+    with pytest.raises(RuntimeError, match="already running in"):
+        server.start(process=not process)
     worker, _ = start_worker(procs, fifo, after=0.1, work=60, signum=signal.SIGKILL)
     assert worker.wait(5) == -signal.SIGKILL
-    with pytest.raises(RuntimeError, match="already running"):
-        server.start(process=process)
 
 
 def test_an_existing_fifo_is_reused(make_server: Callable[..., FileTimerServer], fifo: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_expire.timer._table import TimerTable, is_valid_expiration
+from pytest_expire.timer._table import TimerTable
 from pytest_expire.timer.api import TimerRequest
 
 workers = st.integers(min_value=2, max_value=5)
@@ -67,15 +67,3 @@ def test_released_timers_do_not_grow_the_heap_without_bound() -> None:
         table.remove(3, "cycle")
     assert len(table) == 1
     assert len(table._heap) <= 2 * 1024 + 2
-
-
-def test_valid_expiration_times() -> None:
-    assert is_valid_expiration(0)
-    assert is_valid_expiration(1.5)
-    assert is_valid_expiration(float("inf"))
-    assert is_valid_expiration(-1)
-    assert not is_valid_expiration(float("nan"))
-    assert not is_valid_expiration(True)
-    assert not is_valid_expiration("1")
-    assert not is_valid_expiration(None)
-    assert not is_valid_expiration(10**400)

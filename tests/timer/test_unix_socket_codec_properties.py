@@ -19,10 +19,9 @@ from pytest_expire.timer.unix_socket_timer import (
     _HEADER_SIZE,
     _MAX_MESSAGE,
     MAX_SCOPE_BYTES,
-    _check_expiration,
+    _arming_request,
     _decode,
     _Decoded,
-    _encode_acquire,
     _encode_release,
 )
 
@@ -44,7 +43,7 @@ def encode(request: Request) -> bytes:
     scope, expiration_time, signum = request
     if expiration_time < 0:
         return _encode_release(scope.encode())
-    return _encode_acquire(scope.encode(), expiration_time, signum)
+    return _arming_request(scope.encode(), expiration_time, signum)[0]
 
 
 def stream(batch: list[Request]) -> bytes:
@@ -170,7 +169,7 @@ def test_an_impossible_length_stops_decoding_where_it_is(
 
 def test_the_longest_scope_fits_and_a_longer_one_cannot_be_framed() -> None:
     longest = "x" * MAX_SCOPE_BYTES
-    message = _encode_acquire(longest.encode(), math.inf, 9)
+    message, _ = _arming_request(longest.encode(), math.inf, 9)
     assert len(message) == _MAX_MESSAGE
     assert _decode(message) == _Decoded([(longest, math.inf, 9)], [], _MAX_MESSAGE, False)
     too_long = raw(1, 1.0, 9, b"x" * (MAX_SCOPE_BYTES + 1))
@@ -181,12 +180,12 @@ def test_the_longest_scope_fits_and_a_longer_one_cannot_be_framed() -> None:
 @given(st.one_of(st.floats(), st.integers(), st.booleans(), st.text(max_size=3), st.none()))
 def test_the_client_accepts_exactly_the_times_the_server_accepts(value: object) -> None:
     try:
-        checked = _check_expiration(value)
+        request, deadline = _arming_request(b"s", value, 9)
     except (TypeError, ValueError):
         assert isinstance(value, (bool, str, type(None))) or math.isnan(value)  # type: ignore[arg-type]
         return
-    if checked is None:  # a negative time: the client sends a release
-        assert value < 0  # type: ignore[operator]
-        return
-    decoded = _decode(_encode_acquire(b"s", checked, 9))
-    assert decoded.requests == [("s", checked, 9)]
+    decoded = _decode(request)
+    if value < 0:  # type: ignore[operator]  # a negative time: the client sends a release
+        assert (decoded.requests, deadline) == ([("s", -1.0, 0)], math.inf)
+    else:
+        assert decoded.requests == [("s", deadline, 9)]
