@@ -51,9 +51,17 @@ from typing import Any
 
 import pytest
 
-from pytest_expire import dumps, exit_notes, native_stacks, offspring, reaper, stacks
+from pytest_expire import (
+    dumps,
+    exit_notes,
+    json_report,
+    native_stacks,
+    offspring,
+    reaper,
+    stacks,
+)
 from pytest_expire.signals import DUMP_SIGNAL, handles, send
-from pytest_expire.watchdog import DIRECTORY_ENV, SessionWatchdog
+from pytest_expire.watchdog import DIRECTORY_ENV, SessionWatchdog, notice
 from pytest_expire.xdist_support import is_controller
 
 #: Where an xdist worker tells the controller its PID, with its session's end.
@@ -95,8 +103,10 @@ def note_path(directory: Path, pid: int) -> Path:
 class SupervisedExit:
     """In a supervisor: gives its worker ``seconds`` to exit once its session ended."""
 
-    def __init__(self, seconds: float | None) -> None:
+    def __init__(self, seconds: float | None, report: Path | None = None) -> None:
         self.seconds = seconds
+        #: The session's ``--expire-report`` file, if any: what ended the worker goes there.
+        self.report = report
         #: Where the worker leaves its note: a memory file this process shares with it.
         self.note: Path | None = None
         #: Whether this watcher ended the worker.
@@ -121,7 +131,7 @@ class SupervisedExit:
             return min(timeout, self._due - now)
         self.ended_it = True
         keep = {pid} if watchdog is None else {pid, watchdog.pid}
-        end_overdue(
+        overdue = end_overdue(
             pid,
             f"the process that ran the session (process {pid})",
             self.note,
@@ -129,6 +139,11 @@ class SupervisedExit:
             self.seconds,
             adopted=[child for child in reaper.children() if child not in keep],
         )
+        if overdue is not None and self.report is not None:
+            # The worker wrote the report as its session ended, before its note.
+            error = json_report.add_leftovers(self.report, [overdue.as_json()])
+            if error is not None:
+                notice(f"could not add what ran after the session to {self.report}: {error}")
         return timeout
 
     def close(self) -> None:
@@ -238,13 +253,16 @@ class ControllerExit:
                 if not said:
                     self._below_the_progress()
                     said = True
-                end_overdue(
+                overdue = end_overdue(
                     worker.pid,
                     f"xdist worker {worker.workerid} (process {worker.pid})",
                     note,
                     self.directory,
                     self.seconds,
                 )
+                report = self.config.pluginmanager.get_plugin(json_report.PLUGIN_NAME)
+                if overdue is not None and isinstance(report, json_report.JsonReport):
+                    report.add_leftovers([overdue.as_json(worker.workerid)])
 
     def _below_the_progress(self) -> None:
         """The notices go to stderr, below the progress line (the terminal ends it later)."""
@@ -293,15 +311,16 @@ def end_overdue(
     directory: Path | None,
     seconds: float,
     adopted: Collection[int] = (),
-) -> None:
+) -> Overdue | None:
     """Say on stderr what still runs of process ``pid`` (``what``), which did not exit
     ``seconds`` after its session ended, with the stacks; then kill it and the processes
     its tests left (``directory``: the session's, if it has one; ``adopted``: the
-    orphans the caller adopted)."""
+    orphans the caller adopted). What it found, for the JSON report; None if the
+    process was gone already."""
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
-        return
+        return None
     try:
         note = _read_note(note_file)
         own = _dump(pidfd, pid, note_file, note) or native_stacks.dump([pid]).get(pid, "")
@@ -313,12 +332,14 @@ def end_overdue(
             left = [
                 child for child in offspring.of_pids([pid, *adopted]) if child.process.pid != pid
             ]
-        sys.stderr.write(_say(pid, what, seconds, note, own, left, directory))
+        overdue = Overdue.found(pid, what, seconds, note, own, left, directory)
+        sys.stderr.write(overdue.notice())
         sys.stderr.flush()
         offspring.kill(left)
         send(pidfd, signal.SIGKILL)
     finally:
         os.close(pidfd)
+    return overdue
 
 
 def _dump(pidfd: int, pid: int, path: Path | None, note: _Note | None) -> str:
@@ -340,47 +361,161 @@ def _dump(pidfd: int, pid: int, path: Path | None, note: _Note | None) -> str:
         return stream.read().decode("utf-8", "replace")
 
 
-def _say(
-    pid: int,
-    what: str,
-    seconds: float,
-    note: _Note | None,
-    own: str,
-    left: list[offspring.Offspring],
-    directory: Path | None,
-) -> str:
-    """The notice: what still runs and during which test it started, the stacks, the end."""
-    left = _named(left, note)
-    processes = dumps.parse(_stacks(pid, own, left, directory))
-    threads = _leftover_threads(note, processes, pid)
-    dumps.name_threads(processes, pid, {thread["ident"]: thread["name"] for thread in threads})
-    status = note.status if note is not None else None
-    handlers_running = note is not None and note.handlers_running
-    where = (
-        "it is running its exit handlers (atexit)"
-        if handlers_running
-        else "it has not run its exit handlers yet (exit waits for threads that are not daemons)"
-    )
-    lines = [
-        f"pytest-expire: {what} did not exit within {seconds:g} s of the end of its session"
-        + (f" (exit status {status})" if status is not None else "")
-        + f"; {where}. What still runs:"
-    ]
-    lines += [
-        f'  thread "{thread["name"]}" ({"a daemon" if thread["daemon"] else "not a daemon"}), '
-        + (f"started during {thread['test']}" if thread["test"] else "started outside the tests")
-        for thread in threads
-    ]
-    lines += [f"  {child.describe()}" for child in left]
-    if note is not None and handlers_running:
+@dataclass
+class Overdue:
+    """What still ran of a process that did not exit in time, and the stacks."""
+
+    pid: int
+    #: How the notice names it: "the process that ran the session (process 4135)".
+    what: str
+    seconds: float
+    note: _Note | None
+    #: The stacks of the process and of the processes it left, parsed.
+    processes: list[dumps.Process]
+    #: The threads worth a line (see ``_leftover_threads``), as its note lists them.
+    threads: list[dict[str, Any]]
+    #: The processes its tests left, each with its test.
+    left: list[offspring.Offspring]
+
+    @classmethod
+    def found(
+        cls,
+        pid: int,
+        what: str,
+        seconds: float,
+        note: _Note | None,
+        own: str,
+        left: list[offspring.Offspring],
+        directory: Path | None,
+    ) -> Overdue:
+        """From process ``pid``'s ``note`` and stacks (``own``), and the processes it
+        ``left``, whose stacks are read now."""
+        left = _named(left, note)
+        processes = dumps.parse(_stacks(pid, own, left, directory))
+        threads = _leftover_threads(note, processes, pid)
+        dumps.name_threads(processes, pid, {thread["ident"]: thread["name"] for thread in threads})
+        return cls(pid, what, seconds, note, processes, threads, left)
+
+    @property
+    def status(self) -> int | None:
+        return self.note.status if self.note is not None else None
+
+    @property
+    def handlers_running(self) -> bool:
+        return self.note is not None and self.note.handlers_running
+
+    def notice(self) -> str:
+        """What still runs and during which test it started, the stacks, the end."""
+        where = (
+            "it is running its exit handlers (atexit)"
+            if self.handlers_running
+            else "it has not run its exit handlers yet (exit waits for threads that are not "
+            "daemons)"
+        )
+        status = self.status
+        lines = [
+            f"pytest-expire: {self.what} did not exit within {self.seconds:g} s of the end of "
+            "its session"
+            + (f" (exit status {status})" if status is not None else "")
+            + f"; {where}. What still runs:"
+        ]
+        lines += [
+            f'  thread "{thread["name"]}" ({"a daemon" if thread["daemon"] else "not a daemon"}), '
+            + (
+                f"started during {thread['test']}"
+                if thread["test"]
+                else "started outside the tests"
+            )
+            for thread in self.threads
+        ]
+        lines += [f"  {child.describe()}" for child in self.left]
         lines += [
             f"  exit handler {handler['handler']}, registered during {handler['test']}"
-            for handler in note.handlers
+            for handler in self._handlers()
         ]
-    lines.append(dumps.render(processes).rstrip("\n"))
-    kept = f"; the session's exit status stands: {status}" if status is not None else ""
-    lines.append(f"pytest-expire: killed process {pid} and the processes it left{kept}")
-    return "".join(f"{line}\n" for line in lines)
+        lines.append(dumps.render(self.processes).rstrip("\n"))
+        kept = f"; the session's exit status stands: {status}" if status is not None else ""
+        lines.append(f"pytest-expire: killed process {self.pid} and the processes it left{kept}")
+        return "".join(f"{line}\n" for line in lines)
+
+    def _handlers(self) -> list[dict[str, Any]]:
+        """The exit handlers the tests registered, when the process is running them."""
+        return self.note.handlers if self.note is not None and self.handlers_running else []
+
+    def as_json(self, xdist_worker: str | None = None) -> dict[str, Any]:
+        """Its entry in the ``--expire-report`` file's ``leftovers`` (``json_report``)."""
+        own = next((process for process in self.processes if process.pid == self.pid), None)
+        threads = {int(thread.ident, 16): thread for thread in own.threads} if own else {}
+        found: list[dict[str, Any]] = []
+        for thread in self.threads:
+            dumped = threads.get(thread["ident"])
+            found.append(
+                _leftover(
+                    "thread",
+                    thread["test"],
+                    name=thread["name"],
+                    daemon=thread["daemon"],
+                    thread=dumped.ident if dumped is not None else None,
+                    frames=[frame.as_json() for frame in dumped.frames] if dumped else [],
+                )
+            )
+        for child in self.left:
+            dump = next((p for p in self.processes if p.pid == child.process.pid), None)
+            found.append(
+                _leftover(
+                    "process",
+                    child.test,
+                    pid=child.process.pid,
+                    command=child.command,
+                    threads=[thread.as_json() for thread in dump.threads] if dump else [],
+                    notes=[part for part in dump.parts if isinstance(part, str)] if dump else [],
+                )
+            )
+        found += [
+            _leftover("exit handler", handler["test"], name=handler["handler"])
+            for handler in self._handlers()
+        ]
+        return {
+            "pid": self.pid,
+            "command": own.command if own is not None else _command(self.pid),
+            "xdist_worker": xdist_worker,
+            "exit_deadline": self.seconds,
+            "exit_status": self.status,
+            "stage": "running exit handlers" if self.handlers_running else "joining threads",
+            "found": found,
+            "threads": [thread.as_json() for thread in own.threads] if own is not None else [],
+        }
+
+
+def _leftover(kind: str, test: str, **fields: Any) -> dict[str, Any]:
+    """An entry of a report's ``found``: every field, those of another kind empty."""
+    nodeid, phase = _test_and_phase(test)
+    entry: dict[str, Any] = {
+        "kind": kind,
+        "nodeid": nodeid,
+        "phase": phase,
+        "name": None,
+        "daemon": None,
+        "thread": None,
+        "frames": [],
+        "pid": None,
+        "command": None,
+        "threads": [],
+        "notes": [],
+    }
+    entry.update(fields)
+    return entry
+
+
+def _test_and_phase(test: str) -> tuple[str | None, str | None]:
+    """A test as ``PYTEST_CURRENT_TEST`` names it, "NODEID (PHASE)": its node id and phase."""
+    if not test:
+        return None, None
+    nodeid, _, phase = test.rpartition(" (")
+    phase = phase.removesuffix(")")
+    if nodeid and phase in ("setup", "call", "teardown"):
+        return nodeid, phase
+    return test, None
 
 
 def _named(left: list[offspring.Offspring], note: _Note | None) -> list[offspring.Offspring]:

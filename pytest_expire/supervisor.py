@@ -43,7 +43,15 @@ from types import ModuleType
 
 import pytest
 
-from pytest_expire import coverage_data, exit_deadline, leftovers, reaper, session_deadline, worker
+from pytest_expire import (
+    coverage_data,
+    exit_deadline,
+    json_report,
+    leftovers,
+    reaper,
+    session_deadline,
+    worker,
+)
 from pytest_expire.exits import how_it_ended
 from pytest_expire.records import TestRecord, read_flags, read_records
 from pytest_expire.settings import DEADLINE, from_config
@@ -178,7 +186,7 @@ class Supervisor:
         self.session_deadline = session_deadline.SessionDeadline.from_now(settings)
         self.end_leftovers = settings.end_leftovers
         # The time the last worker has to exit once its session ended.
-        self.exit = exit_deadline.SupervisedExit(settings.exit)
+        self.exit = exit_deadline.SupervisedExit(settings.exit, json_report.path_of(config))
         # What the tests start stays this process's, even once its parent died.
         self.reaper = reaper.set_subreaper(True)
         #: The workers forked so far: their coverage data is combined after the last.
