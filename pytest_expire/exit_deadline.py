@@ -30,23 +30,35 @@ Who watches:
   first. Killing a worker's children with it also ends execnet's wait for
   the worker's output pipe, which a leaked child holds.
 
-An unsupervised serial session (see "The session goes on" in
-``docs/plugin.md``) exits as bare pytest does: the process that runs its
-tests is the one the user started, and nothing outside it watches.
+- an unsupervised serial session (see "The session goes on" in
+  ``docs/plugin.md``: a thread ran when pytest started), run as the command
+  (``pytest``, ``python -m pytest``): the process the user started runs the
+  tests, and nothing outside it watches; so a daemon thread of its own,
+  armed as the very last thing its session does, waits out the deadline,
+  then says what still runs with the stacks, kills the processes it left,
+  and ends the process with the session's exit status (``os._exit``). Not
+  under ``pytest.main()`` called by a program: that process is the
+  program's, which goes on after pytest returns, and may run for as long
+  as it likes. Nor can a thread of the process do anything while another
+  holds the GIL (an exit handler stuck in C code that never releases it).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import faulthandler
 import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Collection, Generator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -61,6 +73,7 @@ from pytest_expire import (
     stacks,
 )
 from pytest_expire.signals import DUMP_SIGNAL, handles, send
+from pytest_expire.verdict import sleep
 from pytest_expire.watchdog import DIRECTORY_ENV, SessionWatchdog, notice
 from pytest_expire.xdist_support import is_controller
 
@@ -77,12 +90,21 @@ _POLL = 0.1
 _XDIST_MARGIN = 10.0
 
 
+#: The name under which the supervisor says a session runs unsupervised.
+UNSUPERVISED = "expire-unsupervised"
+
+
 def register(
     config: pytest.Config, seconds: float | None, watchdog: SessionWatchdog | None
 ) -> None:
-    """From ``pytest_configure``: the part of an xdist session this process plays, if any
-    (a supervised worker records from ``worker.run``)."""
+    """From ``pytest_configure``: the part of an xdist session this process plays, or its
+    own watcher in an unsupervised session run as the command, if any (a supervised
+    worker records from ``worker.run``)."""
     if seconds is None:
+        return
+    if config.pluginmanager.has_plugin(UNSUPERVISED) and _run_as_the_command():
+        exit_notes.record()
+        config.pluginmanager.register(UnsupervisedExit(seconds), "expire-exit")
         return
     if is_controller(config) and watchdog is not None:
         config.pluginmanager.register(
@@ -169,6 +191,100 @@ class WorkerExit:
         # Without its status: a worker's is not the session's.
         with contextlib.suppress(OSError):  # the directory is gone: the session is over
             exit_notes.leave_note(note_path(self.directory, os.getpid()), None)
+
+
+def _run_as_the_command() -> bool:
+    """Whether pytest runs as the command (``pytest``, ``python -m pytest``: both call
+    ``console_main``, ``_console_main`` since pytest 9.1, whose process ends when it
+    returns), not under ``pytest.main()`` called by a program, whose process goes on
+    after it."""
+    from _pytest import config
+
+    entries = {
+        entry.__code__
+        for entry in (getattr(config, "_console_main", None), getattr(config, "console_main", None))
+        if entry is not None
+    }
+    frame: FrameType | None = sys._getframe()
+    while frame is not None:
+        if frame.f_code in entries:
+            return True
+        frame = frame.f_back
+    return False
+
+
+class UnsupervisedExit:
+    """In an unsupervised session run as the command: gives the process ``seconds`` to
+    exit once its session is over, from a daemon thread armed as the session's last
+    act; then says what still runs, with the stacks, kills the processes it left, and
+    ends the process with the session's exit status."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._status: int = pytest.ExitCode.OK
+        self._handlers_running = False
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self._status = int(session.exitstatus)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        report = config.pluginmanager.get_plugin(json_report.PLUGIN_NAME)
+        session = config.pluginmanager.get_plugin("session")
+        if isinstance(session, pytest.Session):
+            self._status = int(session.exitstatus)
+        # Exit handlers run last registered first: this one before the others.
+        atexit.register(self._exit_handlers_begin)
+        threading.Thread(
+            target=self._watch,
+            args=(report if isinstance(report, json_report.JsonReport) else None,),
+            name="pytest-expire-exit",
+            daemon=True,
+        ).start()
+
+    def _exit_handlers_begin(self) -> None:
+        self._handlers_running = True
+
+    def _watch(self, report: json_report.JsonReport | None) -> None:
+        sleep(self.seconds)
+        pid = os.getpid()
+        contents = exit_notes.contents(self._status)
+        note = _Note(
+            self._handlers_running,
+            self._status,
+            contents["threads"],
+            contents["handlers"],
+            contents["children"],
+            0,
+        )
+        with tempfile.TemporaryFile("w+", encoding="utf-8") as dump:
+            faulthandler.dump_traceback(dump, all_threads=True)
+            dump.seek(0)
+            own = dump.read()
+        left = [child for child in offspring.of_pids([pid]) if child.process.pid != pid]
+        overdue = Overdue.found(
+            pid,
+            f"the process that ran the session (process {pid})",
+            self.seconds,
+            note,
+            own,
+            left,
+            None,
+            ends_itself=True,
+        )
+        # Its own threads all tell their names.
+        dumps.name_threads(
+            overdue.processes,
+            pid,
+            {thread.ident or 0: thread.name for thread in threading.enumerate()},
+        )
+        sys.stderr.write(overdue.notice())
+        sys.stderr.flush()
+        offspring.kill(left)
+        if report is not None:
+            report.add_leftovers([overdue.as_json()])
+        os._exit(self._status)
 
 
 @dataclass
@@ -376,6 +492,8 @@ class Overdue:
     threads: list[dict[str, Any]]
     #: The processes its tests left, each with its test.
     left: list[offspring.Offspring]
+    #: Whether the process ends itself (an unsupervised session's), not its watcher.
+    ends_itself: bool = False
 
     @classmethod
     def found(
@@ -387,6 +505,7 @@ class Overdue:
         own: str,
         left: list[offspring.Offspring],
         directory: Path | None,
+        ends_itself: bool = False,
     ) -> Overdue:
         """From process ``pid``'s ``note`` and stacks (``own``), and the processes it
         ``left``, whose stacks are read now."""
@@ -394,7 +513,7 @@ class Overdue:
         processes = dumps.parse(_stacks(pid, own, left, directory))
         threads = _leftover_threads(note, processes, pid)
         dumps.name_threads(processes, pid, {thread["ident"]: thread["name"] for thread in threads})
-        return cls(pid, what, seconds, note, processes, threads, left)
+        return cls(pid, what, seconds, note, processes, threads, left, ends_itself)
 
     @property
     def status(self) -> int | None:
@@ -435,7 +554,14 @@ class Overdue:
         ]
         lines.append(dumps.render(self.processes).rstrip("\n"))
         kept = f"; the session's exit status stands: {status}" if status is not None else ""
-        lines.append(f"pytest-expire: killed process {self.pid} and the processes it left{kept}")
+        if self.ends_itself:
+            lines.append(
+                f"pytest-expire: killed the processes it left; process {self.pid} ends now{kept}"
+            )
+        else:
+            lines.append(
+                f"pytest-expire: killed process {self.pid} and the processes it left{kept}"
+            )
         return "".join(f"{line}\n" for line in lines)
 
     def _handlers(self) -> list[dict[str, Any]]:

@@ -108,7 +108,7 @@ def main(config: pytest.Config, plugin: ModuleType) -> int | None:
         return None
     threads = _thread_count()
     if threads > 1:
-        config.pluginmanager.register(_Unsupervised(threads), "expire-unsupervised")
+        config.pluginmanager.register(_Unsupervised(threads), exit_deadline.UNSUPERVISED)
         return None
     return Supervisor(config, plugin).run()
 
