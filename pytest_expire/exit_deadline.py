@@ -248,6 +248,15 @@ class UnsupervisedExit:
 
     def _watch(self, report: json_report.JsonReport | None) -> None:
         sleep(self.seconds)
+        try:
+            self._say_and_end_the_rest(report)
+        finally:
+            # Whatever that met: the process does not outlive its deadline.
+            os._exit(self._status)
+
+    def _say_and_end_the_rest(self, report: json_report.JsonReport | None) -> None:
+        """Say what still runs of this process, with the stacks; kill the processes it
+        left; add it all to the ``report``, if any."""
         pid = os.getpid()
         contents = exit_notes.contents(self._status)
         note = _Note(
@@ -284,7 +293,6 @@ class UnsupervisedExit:
         offspring.kill(left)
         if report is not None:
             report.add_leftovers([overdue.as_json()])
-        os._exit(self._status)
 
 
 @dataclass
@@ -571,7 +579,8 @@ class Overdue:
     def as_json(self, xdist_worker: str | None = None) -> dict[str, Any]:
         """Its entry in the ``--expire-report`` file's ``leftovers`` (``json_report``)."""
         own = next((process for process in self.processes if process.pid == self.pid), None)
-        threads = {int(thread.ident, 16): thread for thread in own.threads} if own else {}
+        # Faulthandler's idents are the threads' (py-spy's are native ids).
+        threads = {int(t.ident, 16): t for t in own.threads if not t.spied} if own else {}
         found: list[dict[str, Any]] = []
         for thread in self.threads:
             dumped = threads.get(thread["ident"])
