@@ -36,7 +36,7 @@ import signal
 import time
 from pathlib import Path
 
-from pytest_expire import diagnose, dumps, offspring
+from pytest_expire import dumps, offspring
 from pytest_expire.records import read_records
 from pytest_expire.session_deadline import SessionDeadline
 from pytest_expire.verdict import wall_clock
@@ -127,4 +127,7 @@ def _stacks(directory: Path | None, pid: int) -> str:
     """The stacks of worker ``pid``, rendered as in a report."""
     if directory is None:
         return "(no stacks: the session has no watchdog's directory)\n"
+    # Here only: the watchdog's reader (psutil and all) stays out of every session.
+    from pytest_expire import diagnose
+
     return dumps.render(dumps.parse(diagnose.stacks_of(directory, pid))).rstrip("\n")
