@@ -30,30 +30,51 @@ Who watches:
   first. Killing a worker's children with it also ends execnet's wait for
   the worker's output pipe, which a leaked child holds.
 
-An unsupervised serial session (see "The session goes on" in
-``docs/plugin.md``) exits as bare pytest does: the process that runs its
-tests is the one the user started, and nothing outside it watches.
+- an unsupervised serial session (see "The session goes on" in
+  ``docs/plugin.md``: a thread ran when pytest started), run as the command
+  (``pytest``, ``python -m pytest``): the process the user started runs the
+  tests, and nothing outside it watches; so a daemon thread of its own,
+  armed as the very last thing its session does, waits out the deadline,
+  then says what still runs with the stacks, kills the processes it left,
+  and ends the process with the session's exit status (``os._exit``). Not
+  under ``pytest.main()`` called by a program: that process is the
+  program's, which goes on after pytest returns, and may run for as long
+  as it likes. Nor can a thread of the process do anything while another
+  holds the GIL (an exit handler stuck in C code that never releases it).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import faulthandler
 import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Collection, Generator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
 
-from pytest_expire import dumps, exit_notes, native_stacks, offspring, reaper, stacks
+from pytest_expire import (
+    dumps,
+    exit_notes,
+    json_report,
+    native_stacks,
+    offspring,
+    reaper,
+    stacks,
+)
 from pytest_expire.signals import DUMP_SIGNAL, handles, send
-from pytest_expire.watchdog import DIRECTORY_ENV, SessionWatchdog
+from pytest_expire.verdict import sleep
+from pytest_expire.watchdog import DIRECTORY_ENV, SessionWatchdog, notice
 from pytest_expire.xdist_support import is_controller
 
 #: Where an xdist worker tells the controller its PID, with its session's end.
@@ -69,12 +90,21 @@ _POLL = 0.1
 _XDIST_MARGIN = 10.0
 
 
+#: The name under which the supervisor says a session runs unsupervised.
+UNSUPERVISED = "expire-unsupervised"
+
+
 def register(
     config: pytest.Config, seconds: float | None, watchdog: SessionWatchdog | None
 ) -> None:
-    """From ``pytest_configure``: the part of an xdist session this process plays, if any
-    (a supervised worker records from ``worker.run``)."""
+    """From ``pytest_configure``: the part of an xdist session this process plays, or its
+    own watcher in an unsupervised session run as the command, if any (a supervised
+    worker records from ``worker.run``)."""
     if seconds is None:
+        return
+    if config.pluginmanager.has_plugin(UNSUPERVISED) and _run_as_the_command():
+        exit_notes.record()
+        config.pluginmanager.register(UnsupervisedExit(seconds), "expire-exit")
         return
     if is_controller(config) and watchdog is not None:
         config.pluginmanager.register(
@@ -95,8 +125,10 @@ def note_path(directory: Path, pid: int) -> Path:
 class SupervisedExit:
     """In a supervisor: gives its worker ``seconds`` to exit once its session ended."""
 
-    def __init__(self, seconds: float | None) -> None:
+    def __init__(self, seconds: float | None, report: Path | None = None) -> None:
         self.seconds = seconds
+        #: The session's ``--expire-report`` file, if any: what ended the worker goes there.
+        self.report = report
         #: Where the worker leaves its note: a memory file this process shares with it.
         self.note: Path | None = None
         #: Whether this watcher ended the worker.
@@ -121,7 +153,7 @@ class SupervisedExit:
             return min(timeout, self._due - now)
         self.ended_it = True
         keep = {pid} if watchdog is None else {pid, watchdog.pid}
-        end_overdue(
+        overdue = end_overdue(
             pid,
             f"the process that ran the session (process {pid})",
             self.note,
@@ -129,6 +161,11 @@ class SupervisedExit:
             self.seconds,
             adopted=[child for child in reaper.children() if child not in keep],
         )
+        if overdue is not None and self.report is not None:
+            # The worker wrote the report as its session ended, before its note.
+            error = json_report.add_leftovers(self.report, [overdue.as_json()])
+            if error is not None:
+                notice(f"could not add what ran after the session to {self.report}: {error}")
         return timeout
 
     def close(self) -> None:
@@ -154,6 +191,108 @@ class WorkerExit:
         # Without its status: a worker's is not the session's.
         with contextlib.suppress(OSError):  # the directory is gone: the session is over
             exit_notes.leave_note(note_path(self.directory, os.getpid()), None)
+
+
+def _run_as_the_command() -> bool:
+    """Whether pytest runs as the command (``pytest``, ``python -m pytest``: both call
+    ``console_main``, ``_console_main`` since pytest 9.1, whose process ends when it
+    returns), not under ``pytest.main()`` called by a program, whose process goes on
+    after it."""
+    from _pytest import config
+
+    entries = {
+        entry.__code__
+        for entry in (getattr(config, "_console_main", None), getattr(config, "console_main", None))
+        if entry is not None
+    }
+    frame: FrameType | None = sys._getframe()
+    while frame is not None:
+        if frame.f_code in entries:
+            return True
+        frame = frame.f_back
+    return False
+
+
+class UnsupervisedExit:
+    """In an unsupervised session run as the command: gives the process ``seconds`` to
+    exit once its session is over, from a daemon thread armed as the session's last
+    act; then says what still runs, with the stacks, kills the processes it left, and
+    ends the process with the session's exit status."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._status: int = pytest.ExitCode.OK
+        self._handlers_running = False
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self._status = int(session.exitstatus)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        report = config.pluginmanager.get_plugin(json_report.PLUGIN_NAME)
+        session = config.pluginmanager.get_plugin("session")
+        if isinstance(session, pytest.Session):
+            self._status = int(session.exitstatus)
+        # Exit handlers run last registered first: this one before the others.
+        atexit.register(self._exit_handlers_begin)
+        threading.Thread(
+            target=self._watch,
+            args=(report if isinstance(report, json_report.JsonReport) else None,),
+            name="pytest-expire-exit",
+            daemon=True,
+        ).start()
+
+    def _exit_handlers_begin(self) -> None:
+        self._handlers_running = True
+
+    def _watch(self, report: json_report.JsonReport | None) -> None:
+        sleep(self.seconds)
+        try:
+            self._say_and_end_the_rest(report)
+        finally:
+            # Whatever that met: the process does not outlive its deadline.
+            os._exit(self._status)
+
+    def _say_and_end_the_rest(self, report: json_report.JsonReport | None) -> None:
+        """Say what still runs of this process, with the stacks; kill the processes it
+        left; add it all to the ``report``, if any."""
+        pid = os.getpid()
+        contents = exit_notes.contents(self._status)
+        note = _Note(
+            self._handlers_running,
+            self._status,
+            contents["threads"],
+            contents["handlers"],
+            contents["children"],
+            0,
+        )
+        with tempfile.TemporaryFile("w+", encoding="utf-8") as dump:
+            faulthandler.dump_traceback(dump, all_threads=True)
+            dump.seek(0)
+            own = dump.read()
+        left = [child for child in offspring.of_pids([pid]) if child.process.pid != pid]
+        overdue = Overdue.found(
+            pid,
+            f"the process that ran the session (process {pid})",
+            self.seconds,
+            note,
+            own,
+            left,
+            None,
+            ends_itself=True,
+        )
+        # Its own threads all tell their names.
+        dumps.name_threads(
+            overdue.processes,
+            pid,
+            {thread.ident or 0: thread.name for thread in threading.enumerate()},
+        )
+        sys.stderr.write(overdue.notice())
+        sys.stderr.flush()
+        offspring.kill(left)
+        if report is not None:
+            report.add_leftovers([overdue.as_json()])
 
 
 @dataclass
@@ -238,13 +377,16 @@ class ControllerExit:
                 if not said:
                     self._below_the_progress()
                     said = True
-                end_overdue(
+                overdue = end_overdue(
                     worker.pid,
                     f"xdist worker {worker.workerid} (process {worker.pid})",
                     note,
                     self.directory,
                     self.seconds,
                 )
+                report = self.config.pluginmanager.get_plugin(json_report.PLUGIN_NAME)
+                if overdue is not None and isinstance(report, json_report.JsonReport):
+                    report.add_leftovers([overdue.as_json(worker.workerid)])
 
     def _below_the_progress(self) -> None:
         """The notices go to stderr, below the progress line (the terminal ends it later)."""
@@ -293,15 +435,16 @@ def end_overdue(
     directory: Path | None,
     seconds: float,
     adopted: Collection[int] = (),
-) -> None:
+) -> Overdue | None:
     """Say on stderr what still runs of process ``pid`` (``what``), which did not exit
     ``seconds`` after its session ended, with the stacks; then kill it and the processes
     its tests left (``directory``: the session's, if it has one; ``adopted``: the
-    orphans the caller adopted)."""
+    orphans the caller adopted). What it found, for the JSON report; None if the
+    process was gone already."""
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
-        return
+        return None
     try:
         note = _read_note(note_file)
         own = _dump(pidfd, pid, note_file, note) or native_stacks.dump([pid]).get(pid, "")
@@ -313,12 +456,14 @@ def end_overdue(
             left = [
                 child for child in offspring.of_pids([pid, *adopted]) if child.process.pid != pid
             ]
-        sys.stderr.write(_say(pid, what, seconds, note, own, left, directory))
+        overdue = Overdue.found(pid, what, seconds, note, own, left, directory)
+        sys.stderr.write(overdue.notice())
         sys.stderr.flush()
         offspring.kill(left)
         send(pidfd, signal.SIGKILL)
     finally:
         os.close(pidfd)
+    return overdue
 
 
 def _dump(pidfd: int, pid: int, path: Path | None, note: _Note | None) -> str:
@@ -340,47 +485,172 @@ def _dump(pidfd: int, pid: int, path: Path | None, note: _Note | None) -> str:
         return stream.read().decode("utf-8", "replace")
 
 
-def _say(
-    pid: int,
-    what: str,
-    seconds: float,
-    note: _Note | None,
-    own: str,
-    left: list[offspring.Offspring],
-    directory: Path | None,
-) -> str:
-    """The notice: what still runs and during which test it started, the stacks, the end."""
-    left = _named(left, note)
-    processes = dumps.parse(_stacks(pid, own, left, directory))
-    threads = _leftover_threads(note, processes, pid)
-    dumps.name_threads(processes, pid, {thread["ident"]: thread["name"] for thread in threads})
-    status = note.status if note is not None else None
-    handlers_running = note is not None and note.handlers_running
-    where = (
-        "it is running its exit handlers (atexit)"
-        if handlers_running
-        else "it has not run its exit handlers yet (exit waits for threads that are not daemons)"
-    )
-    lines = [
-        f"pytest-expire: {what} did not exit within {seconds:g} s of the end of its session"
-        + (f" (exit status {status})" if status is not None else "")
-        + f"; {where}. What still runs:"
-    ]
-    lines += [
-        f'  thread "{thread["name"]}" ({"a daemon" if thread["daemon"] else "not a daemon"}), '
-        + (f"started during {thread['test']}" if thread["test"] else "started outside the tests")
-        for thread in threads
-    ]
-    lines += [f"  {child.describe()}" for child in left]
-    if note is not None and handlers_running:
+@dataclass
+class Overdue:
+    """What still ran of a process that did not exit in time, and the stacks."""
+
+    pid: int
+    #: How the notice names it: "the process that ran the session (process 4135)".
+    what: str
+    seconds: float
+    note: _Note | None
+    #: The stacks of the process and of the processes it left, parsed.
+    processes: list[dumps.Process]
+    #: The threads worth a line (see ``_leftover_threads``), as its note lists them.
+    threads: list[dict[str, Any]]
+    #: The processes its tests left, each with its test.
+    left: list[offspring.Offspring]
+    #: Whether the process ends itself (an unsupervised session's), not its watcher.
+    ends_itself: bool = False
+
+    @classmethod
+    def found(
+        cls,
+        pid: int,
+        what: str,
+        seconds: float,
+        note: _Note | None,
+        own: str,
+        left: list[offspring.Offspring],
+        directory: Path | None,
+        ends_itself: bool = False,
+    ) -> Overdue:
+        """From process ``pid``'s ``note`` and stacks (``own``), and the processes it
+        ``left``, whose stacks are read now."""
+        left = _named(left, note)
+        processes = dumps.parse(_stacks(pid, own, left, directory))
+        threads = _leftover_threads(note, processes, pid)
+        dumps.name_threads(processes, pid, {thread["ident"]: thread["name"] for thread in threads})
+        return cls(pid, what, seconds, note, processes, threads, left, ends_itself)
+
+    @property
+    def status(self) -> int | None:
+        return self.note.status if self.note is not None else None
+
+    @property
+    def handlers_running(self) -> bool:
+        return self.note is not None and self.note.handlers_running
+
+    def notice(self) -> str:
+        """What still runs and during which test it started, the stacks, the end."""
+        where = (
+            "it is running its exit handlers (atexit)"
+            if self.handlers_running
+            else "it has not run its exit handlers yet (exit waits for threads that are not "
+            "daemons)"
+        )
+        status = self.status
+        lines = [
+            f"pytest-expire: {self.what} did not exit within {self.seconds:g} s of the end of "
+            "its session"
+            + (f" (exit status {status})" if status is not None else "")
+            + f"; {where}. What still runs:"
+        ]
+        lines += [
+            f'  thread "{thread["name"]}" ({"a daemon" if thread["daemon"] else "not a daemon"}), '
+            + (
+                f"started during {thread['test']}"
+                if thread["test"]
+                else "started outside the tests"
+            )
+            for thread in self.threads
+        ]
+        lines += [f"  {child.describe()}" for child in self.left]
         lines += [
             f"  exit handler {handler['handler']}, registered during {handler['test']}"
-            for handler in note.handlers
+            for handler in self._handlers()
         ]
-    lines.append(dumps.render(processes).rstrip("\n"))
-    kept = f"; the session's exit status stands: {status}" if status is not None else ""
-    lines.append(f"pytest-expire: killed process {pid} and the processes it left{kept}")
-    return "".join(f"{line}\n" for line in lines)
+        lines.append(dumps.render(self.processes).rstrip("\n"))
+        kept = f"; the session's exit status stands: {status}" if status is not None else ""
+        if self.ends_itself:
+            lines.append(
+                f"pytest-expire: killed the processes it left; process {self.pid} ends now{kept}"
+            )
+        else:
+            lines.append(
+                f"pytest-expire: killed process {self.pid} and the processes it left{kept}"
+            )
+        return "".join(f"{line}\n" for line in lines)
+
+    def _handlers(self) -> list[dict[str, Any]]:
+        """The exit handlers the tests registered, when the process is running them."""
+        return self.note.handlers if self.note is not None and self.handlers_running else []
+
+    def as_json(self, xdist_worker: str | None = None) -> dict[str, Any]:
+        """Its entry in the ``--expire-report`` file's ``leftovers`` (``json_report``)."""
+        own = next((process for process in self.processes if process.pid == self.pid), None)
+        # Faulthandler's idents are the threads' (py-spy's are native ids).
+        threads = {int(t.ident, 16): t for t in own.threads if not t.spied} if own else {}
+        found: list[dict[str, Any]] = []
+        for thread in self.threads:
+            dumped = threads.get(thread["ident"])
+            found.append(
+                _leftover(
+                    "thread",
+                    thread["test"],
+                    name=thread["name"],
+                    daemon=thread["daemon"],
+                    thread=dumped.ident if dumped is not None else None,
+                    frames=[frame.as_json() for frame in dumped.frames] if dumped else [],
+                )
+            )
+        for child in self.left:
+            dump = next((p for p in self.processes if p.pid == child.process.pid), None)
+            found.append(
+                _leftover(
+                    "process",
+                    child.test,
+                    pid=child.process.pid,
+                    command=child.command,
+                    threads=[thread.as_json() for thread in dump.threads] if dump else [],
+                    notes=[part for part in dump.parts if isinstance(part, str)] if dump else [],
+                )
+            )
+        found += [
+            _leftover("exit handler", handler["test"], name=handler["handler"])
+            for handler in self._handlers()
+        ]
+        return {
+            "pid": self.pid,
+            "command": own.command if own is not None else _command(self.pid),
+            "xdist_worker": xdist_worker,
+            "exit_deadline": self.seconds,
+            "exit_status": self.status,
+            "stage": "running exit handlers" if self.handlers_running else "joining threads",
+            "found": found,
+            "threads": [thread.as_json() for thread in own.threads] if own is not None else [],
+        }
+
+
+def _leftover(kind: str, test: str, **fields: Any) -> dict[str, Any]:
+    """An entry of a report's ``found``: every field, those of another kind empty."""
+    nodeid, phase = _test_and_phase(test)
+    entry: dict[str, Any] = {
+        "kind": kind,
+        "nodeid": nodeid,
+        "phase": phase,
+        "name": None,
+        "daemon": None,
+        "thread": None,
+        "frames": [],
+        "pid": None,
+        "command": None,
+        "threads": [],
+        "notes": [],
+    }
+    entry.update(fields)
+    return entry
+
+
+def _test_and_phase(test: str) -> tuple[str | None, str | None]:
+    """A test as ``PYTEST_CURRENT_TEST`` names it, "NODEID (PHASE)": its node id and phase."""
+    if not test:
+        return None, None
+    nodeid, _, phase = test.rpartition(" (")
+    phase = phase.removesuffix(")")
+    if nodeid and phase in ("setup", "call", "teardown"):
+        return nodeid, phase
+    return test, None
 
 
 def _named(left: list[offspring.Offspring], note: _Note | None) -> list[offspring.Offspring]:

@@ -145,12 +145,11 @@ def _running_test() -> str | None:
     return None if test == _inherited else test
 
 
-def leave_note(path: Path, status: int | None) -> None:
-    """Write the note at ``path`` (a new file, or an emptied one) as the session ends
-    with exit ``status`` (None: not the session's to say), and make the process's dumps
-    and its exit handlers' start go there too."""
-    global _dump_stream
-    note = {
+def contents(status: int | None) -> dict[str, Any]:
+    """What a note says as the session ends with exit ``status``: the threads that still
+    run (but the main thread and this one), the exit handlers and the children of the
+    tests, each with its test."""
+    return {
         "status": status,
         "threads": [
             {
@@ -160,7 +159,7 @@ def leave_note(path: Path, status: int | None) -> None:
                 "test": _started_during.get(thread, ""),
             }
             for thread in threading.enumerate()
-            if thread is not threading.current_thread()
+            if thread is not threading.current_thread() and thread is not threading.main_thread()
         ],
         "handlers": [{"handler": describe(func), "test": test} for func, test in _handlers],
         "children": [
@@ -169,6 +168,14 @@ def leave_note(path: Path, status: int | None) -> None:
             if start_time(pid) == started
         ],
     }
+
+
+def leave_note(path: Path, status: int | None) -> None:
+    """Write the note at ``path`` (a new file, or an emptied one) as the session ends
+    with exit ``status`` (None: not the session's to say), and make the process's dumps
+    and its exit handlers' start go there too."""
+    global _dump_stream
+    note = contents(status)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     os.write(fd, JOINING_THREADS + json.dumps(note).encode() + b"\n")
     if _dump_stream is not None:

@@ -15,6 +15,14 @@ session's); under pytest-xdist, the controller (xdist workers register
 nothing: their reports reach the controller, and a killed worker's test
 is reported there).
 
+The report's ``leftovers`` are the processes that did not exit in time
+once their session was over (``exit_deadline``), with what kept them: they
+are found by whoever watches that process exit, after it wrote the report.
+Serially, the supervisor adds them to the file the worker left
+(:func:`add_leftovers`); under pytest-xdist, the controller's watcher hands
+them to the controller's writer (:meth:`JsonReport.add_leftovers`); in an
+unsupervised session, the process's own watcher thread does.
+
 The file is rewritten whole at the session's start, after each expiry (and
 as the expired test's later phases add to its time) and at the session's
 end, each time into a temporary file of the same directory that then
@@ -29,6 +37,7 @@ import argparse
 import contextlib
 import json
 import os
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,7 +50,7 @@ from pytest_expire.report import RECORD
 from pytest_expire.xdist_support import _worker_id
 
 #: The schema's version: raised when a reader of the previous one would misread the file.
-VERSION = 1
+VERSION = 2
 #: The JSON Schema of the file, shipped with the package.
 SCHEMA = Path(__file__).with_name("json_report.schema.json")
 OPTION = "--expire-report"
@@ -86,6 +95,44 @@ def register(config: pytest.Config) -> None:
         path, source = found
         _check(path, f"{source} {path}")
         config.pluginmanager.register(JsonReport(path), PLUGIN_NAME)
+
+
+def path_of(config: pytest.Config) -> Path | None:
+    """Where the report of ``config``'s session goes; None if none is asked for."""
+    found = _path(config)
+    return found[0] if found is not None else None
+
+
+def add_leftovers(path: Path, leftovers: list[dict[str, Any]]) -> str | None:
+    """Add ``leftovers`` to the report at ``path`` that another process wrote (a
+    supervised worker whose session is over), in one step; why it could not, if not."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        return f"could not read it: {getattr(error, 'strerror', None) or error}"
+    if not isinstance(report, dict) or not isinstance(report.get("leftovers"), list):
+        return "it is not a report of this version"
+    report["leftovers"] += leftovers
+    try:
+        _replace(path, report)
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
+
+
+def _replace(path: Path, report: dict[str, Any]) -> None:
+    """Replace the file at ``path`` with ``report``, in one step (through a temporary
+    file beside it, removed if the write fails)."""
+    temporary = _temporary(path)
+    try:
+        with open(_open(temporary), "w", encoding="utf-8") as file:
+            json.dump(report, file, indent=2)
+            file.write("\n")
+        os.replace(temporary, path)
+    except BaseException:  # a full disk, a Ctrl-C: no temporary file left behind
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
 
 
 def _path(config: pytest.Config) -> tuple[Path, str] | None:
@@ -147,6 +194,9 @@ class JsonReport:
         # The attempts reported and not torn down yet, by node id and xdist worker
         # (``--dist each`` runs a test on every worker at once).
         self._attempts: dict[tuple[str, str | None], _Attempt] = {}
+        self._leftovers: list[dict[str, Any]] = []
+        # An xdist controller's exit watcher adds leftovers from a thread of its own.
+        self._lock = threading.Lock()
         #: Why the last write failed, if it did (said in the terminal summary).
         self.error: str | None = None
 
@@ -195,34 +245,30 @@ class JsonReport:
                 red=True,
             )
 
+    def add_leftovers(self, leftovers: list[dict[str, Any]]) -> None:
+        """Add the processes that did not exit in time (``exit_deadline``), and write."""
+        with self._lock:
+            self._leftovers += leftovers
+        self._write()
+
     def _write(self) -> None:
         """Replace the file with the report as it stands, in one step."""
-        report = {
-            "version": VERSION,
-            "pytest_expire": __version__,
-            "started": self._started,
-            "expired": self._expired,
-            # Reserved for the processes that kept the session from exiting.
-            "leftovers": [],
-        }
-        temporary = _temporary(self.path)
-        try:
-            with open(_open(temporary), "w", encoding="utf-8") as file:
-                json.dump(report, file, indent=2)
-                file.write("\n")
-            os.replace(temporary, self.path)
-        except OSError as error:
-            # The session goes on (its directory was removed, the disk is full): the
-            # summary says the report is missing or stale.
-            self.error = error.strerror or str(error)
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-        except BaseException:  # Ctrl-C: no temporary file left behind
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-            raise
-        else:
-            self.error = None
+        with self._lock:
+            report = {
+                "version": VERSION,
+                "pytest_expire": __version__,
+                "started": self._started,
+                "expired": self._expired,
+                "leftovers": self._leftovers,
+            }
+            try:
+                _replace(self.path, report)
+            except OSError as error:
+                # The session goes on (its directory was removed, the disk is full): the
+                # summary says the report is missing or stale.
+                self.error = error.strerror or str(error)
+            else:
+                self.error = None
 
 
 def _entry(nodeid: str, record: dict[str, Any], elapsed: float) -> dict[str, Any]:

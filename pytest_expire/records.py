@@ -18,6 +18,8 @@ The file starts with a header, written in place::
     debugging (uint8)      a test of the worker is in pytest's debugger
     ended (uint8)          the session ended; its exit status follows
     watchdog (uint8)       the worker asks for a watchdog (a test has a deadline)
+    torn down (uint8)      its session's own teardown is over (pytest's
+                           pytest_sessionfinish, fixtures of every scope)
     exit status (int32)
     session start (float64 time.time(), float64 time.perf_counter()), 0: not yet
 
@@ -58,8 +60,8 @@ from pytest_expire.verdict import wall_clock
 # The record file grows by this much at least (some ten thousand tests' worth).
 _CHUNK = 1 << 20
 
-_HEADER = struct.Struct("<BBBBidd")
-_INTERRUPTED, _DEBUGGING, _ENDED, _WATCHDOG, _STATUS, _START = 0, 1, 2, 3, 4, 8
+_HEADER = struct.Struct("<BBBBBidd")
+_INTERRUPTED, _DEBUGGING, _ENDED, _WATCHDOG, _TORN_DOWN, _STATUS, _START = 0, 1, 2, 3, 4, 5, 9
 _STARTED = struct.Struct("<cBBddI")
 _PHASE_AT, _FINISHED_AT = 1, 2  # in a test's S record
 _NO_PHASE = 255
@@ -114,6 +116,8 @@ class WorkerRecords:
     exitstatus: int | None = None
     #: When its session started: time.time() and time.perf_counter(); None if not yet.
     session_start: tuple[float, float] | None = None
+    #: Its session's own teardown (the fixtures of every scope) is over.
+    torn_down: bool = False
 
 
 class RecordWriter:
@@ -144,6 +148,9 @@ class RecordWriter:
 
     def wants_watchdog(self) -> None:
         self._map[_WATCHDOG] = 1
+
+    def torn_down(self) -> None:
+        self._map[_TORN_DOWN] = 1
 
     def session_ended(self, exitstatus: int) -> None:
         struct.pack_into("<i", self._map, _STATUS, exitstatus)
@@ -277,7 +284,7 @@ def read_records(path: Path) -> WorkerRecords:
             data = file.read(_HEADER.size)
             if len(data) < _HEADER.size:
                 return WorkerRecords([])
-            interrupted, _, ended, _, status, wall, perf = _HEADER.unpack_from(data)
+            interrupted, _, ended, _, torn_down, status, wall, perf = _HEADER.unpack_from(data)
             if not ended:
                 data += file.read()
     except FileNotFoundError:
@@ -287,6 +294,7 @@ def read_records(path: Path) -> WorkerRecords:
         interrupted=bool(interrupted),
         exitstatus=status if ended else None,
         session_start=(wall, perf) if wall else None,
+        torn_down=bool(torn_down),
     )
 
 

@@ -22,6 +22,9 @@ or whose xdist workers are replaced, still has the one deadline.
   controller stops handing out tests and counts the tests that no worker
   started; each worker refuses, too, the tests it was handed and had not
   started when the deadline passed.
+- **Outside the tests** (collection, the teardown of wider fixtures after
+  the stop), no test's deadline is armed: a supervisor holds its worker to
+  the session's deadline there (``session_overrun``).
 """
 
 from __future__ import annotations

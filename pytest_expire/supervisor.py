@@ -43,7 +43,16 @@ from types import ModuleType
 
 import pytest
 
-from pytest_expire import coverage_data, exit_deadline, leftovers, reaper, session_deadline, worker
+from pytest_expire import (
+    coverage_data,
+    exit_deadline,
+    json_report,
+    leftovers,
+    reaper,
+    session_deadline,
+    session_overrun,
+    worker,
+)
 from pytest_expire.exits import how_it_ended
 from pytest_expire.records import TestRecord, read_flags, read_records
 from pytest_expire.settings import DEADLINE, from_config
@@ -100,7 +109,7 @@ def main(config: pytest.Config, plugin: ModuleType) -> int | None:
         return None
     threads = _thread_count()
     if threads > 1:
-        config.pluginmanager.register(_Unsupervised(threads), "expire-unsupervised")
+        config.pluginmanager.register(_Unsupervised(threads), exit_deadline.UNSUPERVISED)
         return None
     return Supervisor(config, plugin).run()
 
@@ -176,9 +185,11 @@ class Supervisor:
         )
         # The run's deadline counts from now, whatever workers it takes.
         self.session_deadline = session_deadline.SessionDeadline.from_now(settings)
+        # It holds where no test's deadline does, too: collection, after the stop.
+        self.overrun = session_overrun.SessionOverrun(self.session_deadline, self.grace)
         self.end_leftovers = settings.end_leftovers
         # The time the last worker has to exit once its session ended.
-        self.exit = exit_deadline.SupervisedExit(settings.exit)
+        self.exit = exit_deadline.SupervisedExit(settings.exit, json_report.path_of(config))
         # What the tests start stays this process's, even once its parent died.
         self.reaper = reaper.set_subreaper(True)
         #: The workers forked so far: their coverage data is combined after the last.
@@ -232,11 +243,15 @@ class Supervisor:
                     self.exit.note,
                     self.session_deadline,
                 )
-                pid, status = self._run_worker(spec)
+                pid, status = self._run_worker(spec, first=attempt == 0)
                 ended = time.time()
                 recorded = read_records(records)
             finally:
                 os.close(memory)
+            if recorded.exitstatus is None and self.overrun.killed:
+                # Stopped at the session's deadline already: nothing is left to run.
+                self._end_leftovers()
+                return pytest.ExitCode.INTERRUPTED
             if recorded.exitstatus is not None:
                 if (
                     os.waitstatus_to_exitcode(status) != recorded.exitstatus % 256
@@ -273,7 +288,7 @@ class Supervisor:
         for line in leftovers.settle_adopted(ours, end=True):
             notice(f"left running after the session: {line}")
 
-    def _run_worker(self, spec: worker.Worker) -> tuple[int, int]:
+    def _run_worker(self, spec: worker.Worker, first: bool) -> tuple[int, int]:
         """Fork a worker and wait for its end: its PID and wait status."""
         spec.ready, ready = os.pipe()
         worker.flush_standard_streams()
@@ -287,13 +302,13 @@ class Supervisor:
         self.workers.append(pid)
         os.close(spec.ready)
         try:
-            return pid, self._wait(pid, spec.records, ready)
+            return pid, self._wait(pid, spec.records, ready, first)
         except BaseException:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             raise
 
-    def _wait(self, pid: int, records: Path, ready: int) -> int:
+    def _wait(self, pid: int, records: Path, ready: int, first: bool) -> int:
         """Wait for the worker's end; its wait status.
 
         Meanwhile, tell it the watchdog once the watchdog is ready (starting
@@ -322,6 +337,14 @@ class Supervisor:
                     timeout = min(timeout, max(0.0, forward_at - time.monotonic()))
                 # Once its session ended, the worker has a while to exit (else it is ended).
                 timeout = self.exit.check(pid, self.watchdog, timeout)
+                # The session's deadline where no test's holds (collection, after the stop).
+                timeout = self.overrun.check(
+                    pid,
+                    records,
+                    first,
+                    self.watchdog.directory if self.watchdog is not None else None,
+                    timeout,
+                )
                 received = signal.sigtimedwait(_WAITED_FOR, timeout)
                 if self.reaper:
                     ours = {pid} if self.watchdog is None else {pid, self.watchdog.pid}

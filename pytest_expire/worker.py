@@ -244,6 +244,12 @@ class WorkerPlugin:
         if self._worker.history:
             self._quiet.start(self._config)  # before the terminal's header: the screen shows it
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self) -> None:
+        # After pytest's own (the teardown of the fixtures of every scope): what is left
+        # of the session is its reports, not held to the session's deadline.
+        self._writer.torn_down()
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool | None:
         if session.testsfailed and not self._config.option.continue_on_collection_errors:

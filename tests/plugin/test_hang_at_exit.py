@@ -11,6 +11,9 @@ process and no session directory behind (the ``marked`` fixture).
 
 from __future__ import annotations
 
+import json
+import sys
+import textwrap
 import time
 from collections.abc import Callable
 
@@ -157,3 +160,96 @@ def test_a_bad_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess(timeout=2 * TOO_LONG)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*ini expire_exit: expected a number of seconds, got 'soon'*"])
+
+
+#: Makes the session unsupervised (see "The session goes on" in docs/plugin.md): a
+#: thread runs when pytest starts, so the tests run in the process the user started.
+STARTS_A_THREAD_AT_IMPORT = """
+import threading, time
+
+threading.Thread(target=time.sleep, args=(3600,), name="started-by-conftest", daemon=True).start()
+"""
+
+
+@pytest.mark.parametrize(
+    ("source", "leftover", "stage"),
+    [
+        (
+            LEAKS_A_THREAD,
+            '  thread "leaked-thread" (not a daemon), started during '
+            "test_suite.py::test_leaks_a_thread (call)",
+            "joining threads",
+        ),
+        (
+            LEAKS_A_CHILD,
+            "  process * started during test_suite.py::test_leaks_a_child (call)",
+            "running exit handlers",
+        ),
+        (
+            REGISTERS_A_BLOCKING_HANDLER,
+            "  exit handler time.sleep, registered during "
+            "test_suite.py::test_registers_a_blocking_handler (call)",
+            "running exit handlers",
+        ),
+    ],
+    ids=["thread", "child", "exit handler"],
+)
+def test_an_unsupervised_session_ends_at_its_exit_deadline(
+    pytester: pytest.Pytester, source: str, leftover: str, stage: str, marked: str
+) -> None:
+    pytester.makeconftest(STARTS_A_THREAD_AT_IMPORT)
+    pytester.makepyfile(test_suite=textwrap.dedent(source) + FAILS)
+    began = time.monotonic()
+    result = pytester.runpytest_subprocess(
+        *ARGS, "--expire-report=report.json", timeout=2 * TOO_LONG
+    )
+    took = time.monotonic() - began
+    assert took < TOO_LONG
+    result.assert_outcomes(passed=1, failed=1)
+    assert result.ret == 1  # the session's, which its process ends with
+    result.stderr.fnmatch_lines(
+        [
+            "pytest-expire: the process that ran the session (process *) did not exit within "
+            "1 s of the end of its session (exit status 1)*",
+            leftover,
+            # Its own words: no supervisor ended it.
+            "pytest-expire: killed the processes it left; process * ends now; the session's "
+            "exit status stands: 1",
+        ]
+    )
+    # The conftest's thread is a daemon, started outside the tests: not a leftover.
+    assert "started-by-conftest" not in result.stderr.str().partition("---")[0]
+    report = json.loads((pytester.path / "report.json").read_text())
+    (ended,) = report["leftovers"]
+    assert (ended["xdist_worker"], ended["exit_status"], ended["stage"]) == (None, 1, stage)
+    nodeids = {item["kind"]: item["nodeid"] for item in ended["found"]}
+    kind = {"joining threads": "thread"}.get(stage, "exit handler")
+    if source == LEAKS_A_CHILD:
+        kind = "process"
+    assert nodeids[kind] == f"test_suite.py::{source.split('def ')[1].split('(')[0]}"
+
+
+def test_pytest_main_called_by_a_program_is_left_to_the_program(
+    pytester: pytest.Pytester, marked: str
+) -> None:
+    # The program's process is its own: pytest returns, the program goes on for longer
+    # than the exit deadline, and nothing ends it.
+    pytester.makepyfile(
+        test_suite=textwrap.dedent(LEAKS_A_THREAD),
+        program="""
+        import os, sys, threading, time
+
+        import pytest
+
+        threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+        status = pytest.main(["--expire-exit=1", "-p", "no:randomly", "test_suite.py"])
+        time.sleep(3)
+        print("the program goes on after", int(status))
+        sys.stdout.flush()
+        os._exit(0)  # its leaked thread is the program's business
+        """,
+    )
+    result = pytester.run(sys.executable, "program.py", timeout=2 * TOO_LONG)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*1 passed*", "the program goes on after 0"])
+    assert "did not exit" not in result.stderr.str()

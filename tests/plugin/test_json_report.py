@@ -174,7 +174,7 @@ def test_every_expiry_is_in_the_report_as_the_session_runs(
     result.assert_outcomes(passed=2, failed=3)
     report = _report(pytester.path / "report.json")
 
-    assert (report["version"], report["pytest_expire"]) == (1, pytest_expire.__version__)
+    assert (report["version"], report["pytest_expire"]) == (2, pytest_expire.__version__)
     started = datetime.fromisoformat(report["started"])
     assert before - timedelta(seconds=1) <= started <= datetime.now(timezone.utc)
     assert report["leftovers"] == []
@@ -335,16 +335,44 @@ def test_the_checker_finds_what_breaks_the_schema() -> None:
         "action": "killed",
         "processes": [process],
     }
+    leftover = {
+        "kind": "thread",
+        "nodeid": "test_suite.py::test_x",
+        "phase": "call",
+        "name": "leaked",
+        "daemon": False,
+        "thread": "0x1",
+        "frames": [dict(frame)],
+        "pid": None,
+        "command": None,
+        "threads": [],
+        "notes": [],
+    }
+    exit_entry = {
+        "pid": 12,
+        "command": "python -m pytest",
+        "xdist_worker": None,
+        "exit_deadline": 1,
+        "exit_status": 0,
+        "stage": "joining threads",
+        "found": [leftover],
+        "threads": [copy.deepcopy(thread)],
+    }
     report = {
-        "version": 1,
+        "version": 2,
         "pytest_expire": pytest_expire.__version__,
         "started": "2026-01-01T00:00:00+00:00",
         "expired": [entry],
-        "leftovers": [],
+        "leftovers": [exit_entry],
     }
     assert violations(report) == []
     breakages = [
-        (("version",), 2),
+        (("version",), 1),
+        (("leftovers", 0, "stage"), "exiting"),
+        (("leftovers", 0, "exit_status"), "0"),
+        (("leftovers", 0, "found", 0, "kind"), "daemon"),
+        (("leftovers", 0, "found", 0, "phase"), "collect"),
+        (("leftovers", 0, "found", 0, "frames", 0, "line"), "8"),
         (("expired", 0, "action"), "exploded"),
         (("expired", 0, "phase"), "collect"),
         (("expired", 0, "deadline"), "0.5"),
@@ -383,3 +411,85 @@ def test_the_documentation_describes_every_field_of_the_schema() -> None:
         fields |= set(definition["properties"])
     missing = sorted(name for name in fields if f"`{name}`" not in documented)
     assert not missing, f"{DOCS.name} does not describe {missing}"
+
+
+#: What keeps a process from exiting after its session, left by passing tests: a thread
+#: that is not a daemon and a ``multiprocessing`` child that is not one either (exit
+#: waits for the thread first); an exit handler that blocks.
+LEAKS_A_THREAD_AND_A_CHILD = """
+import multiprocessing, threading, time
+
+def test_leaks_a_thread():
+    threading.Thread(target=time.sleep, args=(3600,), name="leaked-thread").start()
+
+def test_leaks_a_child():
+    multiprocessing.get_context("fork").Process(target=time.sleep, args=(3600,)).start()
+"""
+REGISTERS_A_BLOCKING_HANDLER = """
+import atexit, time
+
+def test_registers_a_blocking_handler():
+    atexit.register(time.sleep, 3600)
+"""
+
+
+@pytest.mark.parametrize("leaks", ["thread and child", "exit handler"])
+def test_what_kept_the_process_from_exiting_is_in_the_report(
+    pytester: pytest.Pytester, workers: tuple[str, ...], leaks: str, marked: str
+) -> None:
+    source = (
+        LEAKS_A_THREAD_AND_A_CHILD if leaks == "thread and child" else REGISTERS_A_BLOCKING_HANDLER
+    )
+    pytester.makepyfile(test_suite=textwrap.dedent(source))
+    result = pytester.runpytest_subprocess(
+        "--expire-exit=1",
+        "-p",
+        "no:randomly",
+        "--expire-report=report.json",
+        *workers,
+        timeout=60,
+    )
+    assert result.ret == 0
+    result.stderr.fnmatch_lines(["pytest-expire: * did not exit within 1 s of the end *"])
+    report = _report(pytester.path / "report.json")
+    assert report["expired"] == []
+    # Each process that did not exit: serially the worker; under xdist, each worker that
+    # ran a leaking test.
+    ended = report["leftovers"]
+    assert 1 <= len(ended) <= (2 if workers else 1)
+    for entry in ended:
+        assert entry["pid"] > 0 and entry["command"] and entry["threads"]
+        assert entry["exit_deadline"] == 1
+        if workers:
+            assert entry["xdist_worker"] in ("gw0", "gw1") and entry["exit_status"] is None
+        else:
+            assert entry["xdist_worker"] is None and entry["exit_status"] == 0
+    found = {item["kind"]: (item, entry) for entry in ended for item in entry["found"]}
+    if leaks == "exit handler":
+        handler, entry = found["exit handler"]
+        assert entry["stage"] == "running exit handlers"
+        assert (handler["name"], handler["nodeid"], handler["phase"]) == (
+            "time.sleep",
+            "test_suite.py::test_registers_a_blocking_handler",
+            "call",
+        )
+        return
+    # (Under xdist, the worker whose first test started a child also lists
+    # multiprocessing's exit handler, registered as that test imported it.)
+    assert {"thread", "process"} <= set(found)
+    thread, entry = found["thread"]
+    assert entry["stage"] == "joining threads"
+    assert (thread["name"], thread["daemon"], thread["nodeid"], thread["phase"]) == (
+        "leaked-thread",
+        False,
+        "test_suite.py::test_leaks_a_thread",
+        "call",
+    )
+    assert thread["thread"] in {t["id"] for t in entry["threads"]}
+    assert thread["frames"] and thread["frames"][-1]["function"] == "_bootstrap"
+    child, entry = found["process"]
+    assert (child["nodeid"], child["phase"]) == ("test_suite.py::test_leaks_a_child", "call")
+    assert child["pid"] > 0 and child["pid"] != entry["pid"] and child["command"]
+    # Its stacks (py-spy's: without a deadline, it did not join the session), or why not.
+    functions = [function for t in child["threads"] for function in _functions(t)]
+    assert "test_leaks_a_child" in functions or child["notes"], child

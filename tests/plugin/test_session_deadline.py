@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import textwrap
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -305,3 +307,126 @@ def test_pytest_timeouts_session_timeout_under_the_compat(
     result.stdout.fnmatch_lines(["*session deadline 20 s (--expire-session)*"])
     result = _run(pytester, PASSES)
     result.stdout.fnmatch_lines(["*session deadline 30 s (ini session_timeout)*"])
+
+
+#: A test module that never finishes its import, and one that would pass.
+HANGS_AT_IMPORT = """
+import time
+
+time.sleep(3600)
+
+def test_never_collected():
+    pass
+"""
+STUCK_IN_C_AT_IMPORT = HOLD_THE_GIL_FOREVER + "\nhold_the_gil_forever()\n"
+#: A session-scoped fixture whose teardown hangs; the session is stopped at its deadline
+#: in the first test, so pytest tears the fixture down after the stop, under no test.
+HANGS_IN_THE_SESSIONS_TEARDOWN = """
+import time
+
+import pytest
+
+@pytest.fixture(scope="session")
+def server():
+    yield
+    time.sleep(3600)
+
+def test_first(server):
+    time.sleep(3600)
+
+def test_second(server):
+    pass
+"""
+#: Far more than a deadline of 2 s and what follows it take on a loaded machine.
+TOO_LONG = 40.0
+
+
+def _run_timed(
+    pytester: pytest.Pytester, files: dict[str, str], *args: str
+) -> tuple[pytest.RunResult, float]:
+    for name, source in files.items():
+        pytester.makepyfile(**{name: textwrap.dedent(source)})
+    began = time.monotonic()
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:randomly",
+        "--expire-session=2",
+        "--expire-grace=0.5",
+        "--junitxml=report.xml",
+        *args,
+        timeout=2 * TOO_LONG,
+    )
+    return result, time.monotonic() - began
+
+
+def _line_of(pytester: pytest.Pytester, name: str, text: str) -> int:
+    """The number of the first line of file ``name`` that ``text`` begins."""
+    lines = (pytester.path / name).read_text().splitlines()
+    return next(at for at, line in enumerate(lines, 1) if line.startswith(text))
+
+
+def test_a_hang_in_collection_ends_at_the_session_deadline(
+    pytester: pytest.Pytester, marked: str
+) -> None:
+    result, took = _run_timed(
+        pytester, {"test_hangs": HANGS_AT_IMPORT, "test_passes": "def test_ok():\n    pass\n"}
+    )
+    assert took < TOO_LONG
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stderr.fnmatch_lines(
+        [
+            "pytest-expire: the session's deadline (--expire-session=2) passed while it was "
+            "collecting its tests, where no test's deadline holds; interrupting it (SIGINT). "
+            "Its stacks:",
+            "--- process *",
+        ]
+    )
+    # pytest's own report of the interruption: where it was, and the JUnit XML.
+    line = _line_of(pytester, "test_hangs.py", "time.sleep(3600)")
+    result.stdout.fnmatch_lines([f"*test_hangs.py:{line}: KeyboardInterrupt"])
+    assert _cases(pytester) == {}
+    assert "killing it" not in result.stderr.str()
+
+
+def test_a_collection_stuck_in_c_is_killed_after_its_interrupt(
+    pytester: pytest.Pytester, marked: str
+) -> None:
+    result, took = _run_timed(pytester, {"test_stuck": STUCK_IN_C_AT_IMPORT})
+    assert took < TOO_LONG
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stderr.fnmatch_lines(
+        [
+            "*passed while it was collecting its tests*interrupting it (SIGINT)*",
+            "pytest-expire: the process running the session (process *) did not end 5 s after "
+            "its interrupt at the session's deadline (--expire-session=2); killing it and the "
+            "processes it started. Its stacks:",
+        ]
+    )
+    assert "before any test with a deadline began" not in result.stderr.str()
+
+
+def test_a_hang_in_a_session_fixtures_teardown_after_the_stop_ends(
+    pytester: pytest.Pytester, marked: str
+) -> None:
+    result, took = _run_timed(pytester, {"test_suite": HANGS_IN_THE_SESSIONS_TEARDOWN})
+    assert took < TOO_LONG
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stderr.fnmatch_lines(
+        [
+            "pytest-expire: the session's deadline (--expire-session=2) passed while it was "
+            "past its last test, where no test's deadline holds; interrupting it (SIGINT). "
+            "Its stacks:",
+            "--- process *",
+        ]
+    )
+    # Where it hung: the fixture's teardown, in the stacks and in the interrupt's traceback.
+    line = _line_of(pytester, "test_suite.py", "    time.sleep(3600)")
+    result.stderr.fnmatch_lines([f'  File "*test_suite.py", line {line} in server'])
+    result.stderr.fnmatch_lines(
+        [f'  File "*test_suite.py", line {line}, in server', "KeyboardInterrupt"]
+    )
+    # The expired test's report, in JUnit XML, written before that teardown.
+    cases = _cases(pytester)
+    assert set(cases) == {"test_first"}
+    (failure,) = cases["test_first"]
+    assert re.fullmatch(SESSION_EXPIRED.format("--expire-session=2"), failure.get("message") or "")

@@ -36,9 +36,9 @@ def test_the_debug_info_hook_and_the_kills_reach_the_log(
     result.assert_outcomes(passed=1, failed=2)
     log = (pytester.path / "watchdog.log").read_text()
     assert "left from an earlier run" not in log
-    # Per expired test, the debug-info hook's records: as its timer expired, then
-    # with its stacks.
-    assert log.count("INFO pytest_expire.timer.debug_info_logging [watchdog ") >= 2
+    # Per expired test, one record of the debug-info hook, with its stacks.
+    assert log.count("INFO pytest_expire.timer.debug_info_logging [watchdog ") == 2
+    assert log.count("Timers expired for run:[pytest-expire]") == 2
     assert log.count("--- stacks of worker ") == 2
     assert "in test_sleeps" in log
     assert "in hold_the_gil_forever" in log
