@@ -52,6 +52,7 @@ from typing import Any
 import pytest
 
 from pytest_expire import dumps, exit_notes, native_stacks, offspring, reaper, stacks
+from pytest_expire.pytest_internals import TerminalReporter
 from pytest_expire.signals import DUMP_SIGNAL, handles, send
 from pytest_expire.watchdog import DIRECTORY_ENV, SessionWatchdog
 from pytest_expire.xdist_support import is_controller
@@ -249,7 +250,7 @@ class ControllerExit:
     def _below_the_progress(self) -> None:
         """The notices go to stderr, below the progress line (the terminal ends it later)."""
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if isinstance(reporter, pytest.TerminalReporter):
+        if isinstance(reporter, TerminalReporter):
             reporter.write_line("")
             reporter.flush()
 
