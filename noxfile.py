@@ -14,11 +14,11 @@
   import pytest; ``tests`` runs all of it on the newest pytest.
 - ``unprivileged``: ``AS_A_USER``, the tests whose paths depend on privileges
   (the timer servers, which check who connects and reap through pidfds; py-spy,
-  stack dumps and report files), as a normal user. When root runs it, it creates a system user for this and
-  runs the tests in a copy of the checkout that the user owns. Tests that need
-  root skip there; the others take the paths that a normal user takes: no
-  writing of ``ns_last_pid``, ptrace only of one's own processes (py-spy),
-  directories that permissions really close.
+  stack dumps and report files), as a normal user. When root runs it, it
+  creates a system user for this and runs the tests in a copy of the checkout
+  that the user owns. Tests that need root skip there; the others take the
+  paths that a normal user takes: no writing of ``ns_last_pid``, ptrace only
+  of one's own processes (py-spy), directories that permissions really close.
 - ``package``: builds the sdist and the wheel, checks their metadata and
   contents, installs the wheel in a clean virtual environment, and runs the
   hang demo from outside the checkout with that environment's Python.
