@@ -19,9 +19,10 @@
   that the user owns. Tests that need root skip there; the others take the
   paths that a normal user takes: no writing of ``ns_last_pid``, ptrace only
   of one's own processes (py-spy), directories that permissions really close.
-- ``package``: builds the sdist and the wheel, checks their metadata and
-  contents, installs the wheel in a clean virtual environment, and runs the
-  hang demo from outside the checkout with that environment's Python.
+- ``package``: builds the sdist and the wheel with the oldest setuptools that
+  pyproject.toml accepts, checks their metadata and contents, installs the
+  wheel in a clean virtual environment, and runs the hang demo from outside
+  the checkout with that environment's Python.
 
 Arguments after ``--`` replace the test selection of the session, e.g.
 ``nox -s pytest_versions -- tests/plugin/test_xdist.py``.
@@ -75,6 +76,8 @@ AS_A_USER = [
 ]
 #: Where the system's interpreters are, for a user who cannot reach the one running nox.
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+#: The first release of setuptools 77, pyproject.toml's ``requires = ["setuptools>=77"]``.
+OLDEST_SETUPTOOLS = "77.0.1"
 #: The normal user that ``unprivileged`` creates and runs as when root runs it.
 USER = "pytest-expire-ci"
 #: What the copy of the checkout leaves out: environments, caches and builds.
@@ -173,7 +176,11 @@ def package(session: nox.Session) -> None:
     work = Path(session.create_tmp()).resolve()
     dist = work / "dist"
     shutil.rmtree(dist, ignore_errors=True)
-    session.run("python", "-m", "build", "--outdir", str(dist), str(ROOT))
+    # With the oldest setuptools that [build-system] accepts: what it promises.
+    oldest = work / "oldest-setuptools.txt"
+    oldest.write_text(f"setuptools=={OLDEST_SETUPTOOLS}\n")
+    build = ["python", "-m", "build", "--outdir", str(dist), str(ROOT)]
+    session.run(*build, env={"PIP_CONSTRAINT": str(oldest)})
     (sdist,) = dist.glob("*.tar.gz")
     (wheel,) = dist.glob("*.whl")
     session.run("twine", "check", "--strict", str(sdist), str(wheel))
