@@ -63,15 +63,8 @@ from typing import Any
 
 import pytest
 
-from pytest_expire import (
-    dumps,
-    exit_notes,
-    json_report,
-    native_stacks,
-    offspring,
-    reaper,
-    stacks,
-)
+from pytest_expire import dumps, exit_notes, json_report, native_stacks, offspring, reaper, stacks
+from pytest_expire.pytest_internals import TerminalReporter, entry_points
 from pytest_expire.signals import DUMP_SIGNAL, handles, send
 from pytest_expire.verdict import sleep
 from pytest_expire.watchdog import DIRECTORY_ENV, SessionWatchdog, notice
@@ -198,11 +191,12 @@ def _run_as_the_command() -> bool:
     ``console_main``, ``_console_main`` since pytest 9.1, whose process ends when it
     returns), not under ``pytest.main()`` called by a program, whose process goes on
     after it."""
-    from _pytest import config
-
     entries = {
         entry.__code__
-        for entry in (getattr(config, "_console_main", None), getattr(config, "console_main", None))
+        for entry in (
+            getattr(entry_points, "_console_main", None),
+            getattr(entry_points, "console_main", None),
+        )
         if entry is not None
     }
     frame: FrameType | None = sys._getframe()
@@ -391,7 +385,7 @@ class ControllerExit:
     def _below_the_progress(self) -> None:
         """The notices go to stderr, below the progress line (the terminal ends it later)."""
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if isinstance(reporter, pytest.TerminalReporter):
+        if isinstance(reporter, TerminalReporter):
             reporter.write_line("")
             reporter.flush()
 

@@ -32,10 +32,9 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
-# Public as ``pytest.fail.Exception``, which a type checker cannot subclass.
-from _pytest.outcomes import Failed
-from _pytest.runner import CallInfo
+from pytest import CallInfo
 
+from pytest_expire.pytest_internals import Failed
 from pytest_expire.report import headline
 from pytest_expire.signals import INTERRUPT_SIGNAL
 from pytest_expire.verdict import VerdictPage

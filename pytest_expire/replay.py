@@ -18,13 +18,10 @@ from collections import defaultdict, deque
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from _pytest import timing
-from _pytest._io import TerminalWriter
-from _pytest.junitxml import xml_key
-from _pytest.terminal import TerminalReporter
 
 from pytest_expire import report as expiry_report
 from pytest_expire.exits import how_it_ended
+from pytest_expire.pytest_internals import TerminalReporter, TerminalWriter, timing, xml_key
 from pytest_expire.records import (
     PassedReport,
     TestRecord,

@@ -29,14 +29,14 @@ from typing import Any
 
 import pluggy
 import pytest
-from _pytest._code.code import (
+
+from pytest_expire import dumps
+from pytest_expire.pytest_internals import (
     ExceptionChainRepr,
     ReprEntryNative,
     ReprFileLocation,
     ReprTraceback,
 )
-
-from pytest_expire import dumps
 from pytest_expire.settings import format_seconds
 
 #: The attribute of an expired test's report that holds its record (a dict).

@@ -33,10 +33,9 @@ from types import ModuleType
 from typing import TYPE_CHECKING, NoReturn
 
 import pytest
-from _pytest._io import TerminalWriter
-from _pytest.terminal import TerminalReporter
 
 from pytest_expire import coverage_data, exit_notes
+from pytest_expire.pytest_internals import TerminalReporter, TerminalWriter
 from pytest_expire.records import RecordWriter, TestRecord
 from pytest_expire.replay import QuietTerminal, replay, restore_session_start, stop_if_asked
 from pytest_expire.settings import DEADLINE
