@@ -39,6 +39,7 @@ from pathlib import Path
 from pytest_expire import dumps, offspring
 from pytest_expire.records import read_records
 from pytest_expire.session_deadline import SessionDeadline
+from pytest_expire.signals import interrupt_main_thread
 from pytest_expire.verdict import wall_clock
 from pytest_expire.watchdog import notice
 
@@ -100,7 +101,7 @@ class SessionOverrun:
                 f"where no test's deadline holds; interrupting it (SIGINT). "
                 f"Its stacks:\n{_stacks(directory, pid)}"
             )
-            os.kill(pid, signal.SIGINT)
+            interrupt_main_thread(pid)
             return min(timeout, self._patience)
         due = self._interrupted_at + self._patience
         if now < due:

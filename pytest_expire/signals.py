@@ -12,6 +12,7 @@ importing pytest.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 
 #: faulthandler writes the stacks of every thread of the process to its dump file.
@@ -46,6 +47,26 @@ def name(signum: int) -> str:
     if signal.SIGRTMIN <= signum <= signal.SIGRTMAX:
         return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
     return f"signal {signum}"
+
+
+def interrupt_main_thread(pid: int) -> None:
+    """Send SIGINT to the main thread of process ``pid``, a child of this process not
+    reaped yet (so its PID names no other process).
+
+    Sent to the whole process, the kernel may hand the signal to another
+    thread (one that does not block it, when the main thread has a signal
+    pending already, as a dump just asked of it): Python's handler then only
+    sets its flag, and a main thread asleep in a C call (``time.sleep``, a
+    blocking read) never wakes to see it. Sent to the main thread
+    (``tgkill``, whose thread ID is the process's), it ends that call.
+    Process-wide where the C library lacks ``tgkill`` (glibc before 2.30).
+    """
+    import ctypes
+
+    tgkill = getattr(ctypes.CDLL(None, use_errno=True), "tgkill", None)
+    if tgkill is None or tgkill(pid, pid, signal.SIGINT) != 0:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
 
 
 def send(pidfd: int, signum: int) -> None:

@@ -56,6 +56,7 @@ from pytest_expire import (
 from pytest_expire.exits import how_it_ended
 from pytest_expire.records import TestRecord, read_flags, read_records
 from pytest_expire.settings import DEADLINE, from_config
+from pytest_expire.signals import interrupt_main_thread
 from pytest_expire.watchdog import (
     ADDRESS_ENV,
     DIRECTORY_ENV,
@@ -356,7 +357,7 @@ class Supervisor:
                     forward_at = None
                     flags = read_flags(records)
                     if not (flags.interrupted or flags.debugging):
-                        os.kill(pid, signal.SIGINT)
+                        interrupt_main_thread(pid)
         finally:
             if offer is not None:
                 os.close(offer)

@@ -15,7 +15,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pytest_expire.signals import DUMP_SIGNAL, INTERRUPT_SIGNAL, handles, name
+from pytest_expire.signals import (
+    DUMP_SIGNAL,
+    INTERRUPT_SIGNAL,
+    handles,
+    interrupt_main_thread,
+    name,
+)
 from pytest_expire.verdict import Tokens, VerdictPage
 from pytest_expire.watchdog import SessionWatchdog
 
@@ -56,6 +62,42 @@ def test_every_signal_has_a_name() -> None:
     assert name(signal.SIGKILL) == "SIGKILL"
     assert name(signal.SIGRTMIN + 6) == "SIGRTMIN+6"
     assert name(200) == "signal 200"
+
+
+def test_an_interrupt_wakes_the_main_thread_asleep_in_c_beside_other_threads() -> None:
+    # The supervisor's SIGINT (forwarded, or at the session's deadline) is for
+    # the main thread, where Python raises KeyboardInterrupt; a thread that
+    # waits in accept() must not take it.
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                """
+                import socket, threading, time
+                listener = socket.socket()
+                listener.bind(("127.0.0.1", 0))
+                listener.listen()
+                threading.Thread(target=listener.accept, daemon=True).start()
+                print("ready", flush=True)
+                try:
+                    time.sleep(60)
+                except KeyboardInterrupt:
+                    print("interrupted", flush=True)
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "ready\n"
+        interrupt_main_thread(child.pid)
+        assert child.communicate(timeout=10)[0] == "interrupted\n"
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_tokens_never_repeat_the_last_one_or_the_expired_one(tmp_path: Path) -> None:
