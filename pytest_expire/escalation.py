@@ -12,7 +12,7 @@ runs (the page names its token as armed):
 1. Diagnose: the stacks of the test's process and of every process it
    started, written where the test's process reads them into its report,
    and logged through ``debug_info_logging``: one record per expiry, with
-   the stacks (see :class:`_OneRecord`).
+   the stacks (the server leaves the expiry to it: ``Logged.BY_CALLBACK``).
 2. Interrupt: :data:`~pytest_expire.signals.INTERRUPT_SIGNAL`, if the
    process handles it (a test may have reset it).
 3. Kill, a grace period after the interrupt was really sent: the stacks
@@ -38,7 +38,7 @@ from typing import NamedTuple
 from pytest_expire import diagnose, dumps, offspring
 from pytest_expire.signals import INTERRUPT_SIGNAL, handles, send
 from pytest_expire.timer import debug_info_logging
-from pytest_expire.timer.api import FileTimerRequest
+from pytest_expire.timer.api import FileTimerRequest, Logged
 from pytest_expire.timer.unix_socket_timer import UnixSocketTimerServer
 from pytest_expire.verdict import VerdictPage, wall_clock
 from pytest_expire.watchdog import (
@@ -66,10 +66,8 @@ class Escalation:
         self.run_id = run_id
         # Set once the server exists (it takes this object as its on_expired).
         self.server: UnixSocketTimerServer | None = None
-        self._one_record = _OneRecord()
-        logging.getLogger(debug_info_logging.__name__).addFilter(self._one_record)
 
-    def __call__(self, pid: int, timers: list[FileTimerRequest]) -> str | None:
+    def __call__(self, pid: int, timers: list[FileTimerRequest]) -> str | Logged | None:
         token = next((t.expiration_time for t in timers if t.scope_id == TEST_SCOPE), None)
         if token is None:
             return self._child_expired(pid, timers)
@@ -84,8 +82,7 @@ class Escalation:
             page.close()
             return None
         self._start(_Expiry(pid, pidfd, page, token, [timer.to_json() for timer in timers]))
-        self._one_record.escalated()
-        return None
+        return Logged.BY_CALLBACK
 
     def _child_expired(self, pid: int, timers: list[FileTimerRequest]) -> str:
         """A process's own timers expired (the library used by a process a test started,
@@ -111,7 +108,6 @@ class Escalation:
             test = owner.nodeid or f"the test running in process {owner.owner}"
             where = f", started by {test}: its stacks are in that test's report"
         notice(f"the timers {scopes} of process {pid} expired{where}")
-        self._one_record.diagnosed()
         return text
 
     def adopt_armed(self) -> int:
@@ -208,42 +204,6 @@ class Escalation:
         logger.info("%s; its stacks, read before the kill:\n%s", killing, text.rstrip())
         diagnose.kill_tree(self.directory, pid, since)
         send(pidfd, signal.SIGKILL)
-
-
-class _OneRecord(logging.Filter):
-    """Withholds the server's record of the expiries that the escalation logs itself.
-
-    The server calls ``on_expired`` for each process whose timers expired,
-    then logs them all in one record through the debug-info hook, with the
-    stacks ``on_expired`` returned; all of it in its own thread, so that a
-    test's escalation, which must not hold up the server's loop, returns
-    before it has any stacks, and logs its own record, with them, from its
-    thread. Without this filter, each expired test would have two records:
-    the server's without its stacks, then the escalation's.
-
-    So, in the server's thread, the calls of one expiry are noted
-    (thread-local), and the server's next record through the hook is
-    dropped if every process in it is a test that is being escalated; a
-    record that also carries a child's stacks (``_child_expired``) is kept.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._calls = threading.local()
-
-    def escalated(self) -> None:
-        """A test's expiry of the server's current batch: its escalation logs it."""
-        self._calls.escalated = True
-
-    def diagnosed(self) -> None:
-        """A process's expiry of the batch whose stacks the server's record carries."""
-        self._calls.diagnosed = True
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        escalated = getattr(self._calls, "escalated", False)
-        diagnosed = getattr(self._calls, "diagnosed", False)
-        self._calls.escalated = self._calls.diagnosed = False
-        return diagnosed or not escalated
 
 
 class _Expiry(NamedTuple):

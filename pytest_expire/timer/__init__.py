@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pytest_expire.timer.api import (
         FileTimerRequest,
+        Logged,
         RequestQueue,
         TimerClient,
         TimerRequest,
@@ -52,6 +53,7 @@ _MODULES = {
     "FileTimerClient": "file_based_local_timer",
     "FileTimerRequest": "api",
     "FileTimerServer": "file_based_local_timer",
+    "Logged": "api",
     "die_with_parent": "lifetime",
     "LocalTimerClient": "local_timer",
     "LocalTimerServer": "local_timer",
@@ -76,6 +78,7 @@ __all__ = [
     "FileTimerServer",
     "LocalTimerClient",
     "LocalTimerServer",
+    "Logged",
     "MultiprocessingRequestQueue",
     "RequestQueue",
     "TimerClient",

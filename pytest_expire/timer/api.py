@@ -6,13 +6,14 @@ timers and reaps a worker whose timer expired. This module holds the abstract
 pieces, with the names and signatures of ``torch.distributed.elastic.timer``,
 the request types every pair shares (:class:`TimerRequest`, and
 :class:`FileTimerRequest`, a request with a signal of its own), the type of
-the Unix-socket server's expiry callback (:data:`OnExpired`), and
+the Unix-socket server's expiry callback (:data:`OnExpired`, :class:`Logged`), and
 :func:`expires`, the context manager that user code writes.
 """
 
 from __future__ import annotations
 
 import abc
+import enum
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ from pytest_expire.timer._watchdog import Watchdog
 
 __all__ = [
     "FileTimerRequest",
+    "Logged",
     "OnExpired",
     "RequestQueue",
     "TimerClient",
@@ -166,10 +168,24 @@ def _is_finite_float(value: object) -> bool:
     return type(value) is float and math.isfinite(value)
 
 
+class Logged(enum.Enum):
+    """What an :data:`OnExpired` callback returns for a worker whose expiry it logs
+    through the debug-info hook itself.
+
+    A callback that acts off the server's loop (a diagnosis that takes
+    seconds, in a thread of its own) has no stacks to return yet; it logs
+    the expiry, with them, when it has them, and the server leaves that
+    worker out of its own record, so that the expiry is logged once.
+    """
+
+    BY_CALLBACK = "by callback"
+
+
 #: Called by the Unix-socket server for each worker with expired timers, before
 #: the signal: ``on_expired(pid, timers)``; a returned text is logged as the
-#: worker's stacks.
-OnExpired = Callable[[int, list[FileTimerRequest]], str | None]
+#: worker's stacks, :attr:`Logged.BY_CALLBACK` leaves the worker to the callback's
+#: own record.
+OnExpired = Callable[[int, list[FileTimerRequest]], "str | Logged | None"]
 
 
 class TimerClient(abc.ABC):

@@ -97,10 +97,11 @@ from pytest_expire.timer._reaping import Reaper
 from pytest_expire.timer._table import TimerTable
 from pytest_expire.timer._validation import checked_expiration, checked_signal
 from pytest_expire.timer._watchdog import Watchdog
-from pytest_expire.timer.api import FileTimerRequest, OnExpired, TimerClient
+from pytest_expire.timer.api import FileTimerRequest, Logged, OnExpired, TimerClient
 
 __all__ = [
     "MAX_SCOPE_BYTES",
+    "Logged",
     "OnExpired",
     "PreparedTimers",
     "TimerServerError",
@@ -699,19 +700,20 @@ class UnixSocketTimerServer(Watchdog):
     further away than the server's next wake-up does not wake it: it waits in
     the client's pipe until then, so ``max_interval`` also bounds how long the
     server may be behind its clients (which only matters to someone counting
-    its timers). A wake-up with nothing to do costs some 50 µs, so the
-    default, one second, is still no measurable CPU. On expiry it calls
+    its timers). A wake-up with nothing to do costs microseconds, so the default,
+    one second, is still no measurable CPU. On expiry it calls
     ``on_expired(pid, timers)`` if given (in the server's thread or process;
     the kill waits for it; with ``start(process=True)`` it must pickle), logs
     the expired timers through ``debug_info_logging.
     log_debug_info_for_expired_timers(run_id, ...)`` (with what ``on_expired``
-    returned as the stacks), and sends the worker the signal of its earliest
-    expired timer whose signal is > 0, if the worker may be signalled (see
-    ``ReapGuard``). An expired timer is removed; the worker's other timers
-    stay armed, so a later timer can escalate with another signal. Workers
-    are signalled only if they descend from ``host_pid`` (by default the
-    process that creates the server; a server created inside a watchdog
-    process of its own names the process it watches).
+    returned as the stacks; a worker for which it returned
+    ``Logged.BY_CALLBACK`` is left to the callback's own record), and sends the
+    worker the signal of its earliest expired timer whose signal is > 0, if the
+    worker may be signalled (see ``ReapGuard``). An expired timer is removed;
+    the worker's other timers stay armed, so a later timer can escalate with
+    another signal. Workers are signalled only if they descend from
+    ``host_pid`` (by default the process that creates the server; a server
+    created inside a watchdog process of its own names the process it watches).
     """
 
     def __init__(
@@ -1107,6 +1109,7 @@ class UnixSocketTimerServer(Watchdog):
 
     def _report(self, expired: dict[int, list[FileTimerRequest]]) -> None:
         stacks: dict[int, str] = {}
+        logged_by_callback = set()
         if self._on_expired is not None:
             for pid, timers in expired.items():
                 try:
@@ -1114,13 +1117,19 @@ class UnixSocketTimerServer(Watchdog):
                 except Exception:
                     logger.exception("on_expired failed for worker %d", pid)
                 else:
-                    if text:
+                    if text is Logged.BY_CALLBACK:
+                        logged_by_callback.add(pid)
+                    elif text:
                         stacks[pid] = text
-        debug_info_logging.log_debug_info_for_expired_timers(
-            self._run_id,
-            {pid: [timer.to_json() for timer in timers] for pid, timers in expired.items()},
-            stacks=stacks or None,
-        )
+        ours = {
+            pid: [timer.to_json() for timer in timers]
+            for pid, timers in expired.items()
+            if pid not in logged_by_callback
+        }
+        if ours:
+            debug_info_logging.log_debug_info_for_expired_timers(
+                self._run_id, ours, stacks=stacks or None
+            )
 
     # -- Resources -------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from pytest_expire import timer
 from pytest_expire.timer import unix_socket_timer as ust
 from pytest_expire.timer.file_based_local_timer import FileTimerRequest
 from pytest_expire.timer.unix_socket_timer import (
+    Logged,
     TimerServerError,
     UnixSocketTimerClient,
     UnixSocketTimerServer,
@@ -541,6 +542,29 @@ def test_on_expired_is_told_first_and_its_text_is_logged(
     assert calls[0][1][0].signal == signal.SIGKILL
     assert "Timers expired for run:[my-run]" in caplog_info.text
     assert f"stacks of {child.pid}" in caplog_info.text
+
+
+def test_an_expiry_on_expired_logs_itself_is_left_out_of_the_servers_record(
+    caplog_info: pytest.LogCaptureFixture,
+) -> None:
+    # A callback that diagnoses off the server's loop logs the expiry later, with
+    # its stacks: the server's own record would be a second one, without them.
+    server = UnixSocketTimerServer(
+        run_id="my-run", on_expired=lambda pid, timers: Logged.BY_CALLBACK
+    )
+    server.start()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", PRELUDE + textwrap.dedent(HANG)], env=env_of(server)
+        )
+        try:
+            assert child.wait(timeout=10) == -signal.SIGKILL
+        finally:
+            child.kill()
+            child.wait()
+    finally:
+        server.stop()
+    assert "Timers expired" not in caplog_info.text
 
 
 # ------------------------------------------------------------------ identity
