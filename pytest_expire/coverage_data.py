@@ -103,6 +103,19 @@ def _current() -> Coverage | None:
     return module.Coverage.current()  # type: ignore[no-any-return]
 
 
+def _measured() -> tuple[Coverage, CoverageData, Collector] | None:
+    """The coverage.py instance that measures this process, with its internals
+    (``_internals``); None if none measures, or if its internals are not what this
+    module knows."""
+    coverage = _current()
+    if coverage is None:
+        return None
+    internals = _internals(coverage)
+    if internals is None:
+        return None
+    return coverage, *internals
+
+
 def _internals(coverage: Coverage) -> tuple[CoverageData, Collector] | None:
     """coverage.py's private parts this module needs: its data and its collector.
 
@@ -156,9 +169,7 @@ def _suffix(pid: int) -> str:
 def workers_starting() -> None:
     """In the supervisor, before its first worker: say now, once for all its workers,
     if coverage.py measures and its internals are not what this module knows."""
-    coverage = _current()
-    if coverage is not None:
-        _internals(coverage)
+    _measured()
 
 
 def worker_started() -> WorkerCoverage | None:
@@ -169,13 +180,10 @@ def worker_started() -> WorkerCoverage | None:
     saves them too, and a combine counts a line once), or with the one
     ``[run] patch = fork`` started in the fork.
     """
-    coverage = _current()
-    if coverage is None:
+    measured = _measured()
+    if measured is None:
         return None
-    internals = _internals(coverage)
-    if internals is None:
-        return None
-    inherited, collector = internals
+    coverage, inherited, collector = measured
     module = sys.modules["coverage"]
     try:
         data: CoverageData = module.CoverageData(
@@ -197,14 +205,11 @@ def test_ended() -> None:
     measured. Only the lines measured since the last write are written; a
     test that measured nothing costs a look at the tracers.
     """
-    coverage = _current()
-    if coverage is None:
-        return
-    internals = _internals(coverage)
-    if internals is None:
+    measured = _measured()
+    if measured is None:
         return
     try:
-        internals[1].flush_data()
+        measured[2].flush_data()
     except Exception as error:  # the session comes first; coverage.py's own save will say it
         notice(f"the coverage data of process {os.getpid()} could not be written: {error!r}")
 
@@ -233,13 +238,10 @@ def workers_ended(pids: list[int], plugins: pytest.PytestPluginManager) -> None:
     data of its own saved either: such files are removed, or the next
     session's report would count them.
     """
-    coverage = _current()
-    if coverage is None:
+    measured = _measured()
+    if measured is None:
         return
-    internals = _internals(coverage)
-    if internals is None:
-        return
-    data = internals[0]
+    coverage, data, _ = measured
     if pids and coverage is not _pytest_cov(plugins):
         # Whatever saves this process's data (coverage run, an exit handler)
         # must not warn of what the workers did: this process imported none of
@@ -275,11 +277,10 @@ def set_aside(pid: int, directory: Path) -> None:
     and xdist replaces a dead worker at once. The files are found by the
     name coverage.py gives a process's data file (``<data file>.<host>.pid<N>.X<random>x``).
     """
-    coverage = _current()
-    internals = None if coverage is None else _internals(coverage)
-    if internals is None:
+    measured = _measured()
+    if measured is None:
         return
-    pattern = f"{glob.escape(internals[0].base_filename())}.*.pid{pid}.*"
+    pattern = f"{glob.escape(measured[1].base_filename())}.*.pid{pid}.*"
     for number, path in enumerate(sorted(glob.glob(pattern))):
         shutil.move(path, directory / f"{_SET_ASIDE}.pid{pid}.{number}")
 
@@ -287,11 +288,10 @@ def set_aside(pid: int, directory: Path) -> None:
 def put_back(directory: Path) -> None:
     """In an xdist controller, once its workers are down: the data files set aside
     (:func:`set_aside`) go back beside the others, for the combine that follows."""
-    coverage = _current()
-    internals = None if coverage is None else _internals(coverage)
-    if internals is None:
+    measured = _measured()
+    if measured is None:
         return
-    base = internals[0].base_filename()
+    base = measured[1].base_filename()
     host = socket.gethostname().replace(".", "_")
     for path in sorted(directory.glob(f"{_SET_ASIDE}.pid*")):
         process = path.name.removeprefix(f"{_SET_ASIDE}.")

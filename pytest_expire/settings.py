@@ -230,52 +230,81 @@ def _exit(config: pytest.Config) -> float | None:
     return _checked(parse_seconds, ini, "ini expire_exit") if ini.strip() else DEFAULT_EXIT
 
 
-def _session(config: pytest.Config, compat: bool) -> tuple[float | None, str]:
-    """The session's deadline, and where it came from, in the order of the default's
-    (``_default``): the command line, the environment, the ini; pytest-timeout's
-    ``--session-timeout`` and ``session_timeout`` after pytest-expire's names, under
-    the compat (pytest-timeout has no environment variable for it)."""
-    option = config.getoption("expire_session")
-    if option is not None:
-        return option or None, "--expire-session"
-    if compat:
-        option = config.getoption(timeout_compat.SESSION_TIMEOUT)
-        if option is not None:
-            seconds = _checked(parse_duration, option, "--session-timeout")
-            return seconds or None, "--session-timeout"
-    if os.environ.get(ENV_SESSION, "").strip():
-        return _checked(
-            parse_seconds, os.environ[ENV_SESSION], f"environment {ENV_SESSION}"
-        ), ENV_SESSION
-    ini = config.getini("expire_session")
-    if compat and not ini.strip():
-        ini = config.getini(timeout_compat.SESSION_TIMEOUT)
-        return _checked(parse_seconds, ini, "ini session_timeout"), "ini session_timeout"
-    return _checked(parse_seconds, ini, "ini expire_session"), "ini expire_session"
+class _Sources(NamedTuple):
+    """Where a deadline may be set, pytest-expire's names and pytest-timeout's."""
+
+    #: The option's ``dest``, and the flag a report names.
+    option: str
+    flag: str
+    variable: str
+    ini: str
+    #: How the report's header names the ini's value.
+    ini_label: str
+    #: pytest-timeout's option (its ``dest`` is its flag's name), variable
+    #: (None: it has none) and ini key, read under the compat.
+    compat_option: str
+    compat_variable: str | None
+    compat_ini: str
+
+
+_DEFAULT_SOURCES = _Sources(
+    "expire_default",
+    "--expire-default",
+    ENV_DEFAULT,
+    "expire_default",
+    "ini",
+    timeout_compat.TIMEOUT,
+    timeout_compat.ENV,
+    timeout_compat.TIMEOUT,
+)
+_SESSION_SOURCES = _Sources(
+    "expire_session",
+    "--expire-session",
+    ENV_SESSION,
+    "expire_session",
+    "ini expire_session",
+    timeout_compat.SESSION_TIMEOUT,
+    None,
+    timeout_compat.SESSION_TIMEOUT,
+)
 
 
 def _default(config: pytest.Config, compat: bool) -> tuple[float | None, str]:
-    """The default deadline, and where it came from: the command line, then the
-    environment, then the ini; at each, pytest-expire's name before pytest-timeout's
-    (under the compat), so that a suite half-way through its switch gets expire's."""
-    option = config.getoption("expire_default")
+    """The default deadline, and where it came from (``_layered``)."""
+    return _layered(config, compat, _DEFAULT_SOURCES)
+
+
+def _session(config: pytest.Config, compat: bool) -> tuple[float | None, str]:
+    """The session's deadline, and where it came from (``_layered``)."""
+    return _layered(config, compat, _SESSION_SOURCES)
+
+
+def _layered(config: pytest.Config, compat: bool, sources: _Sources) -> tuple[float | None, str]:
+    """A deadline, and where it came from: the command line, then the environment,
+    then the ini; at each, pytest-expire's name before pytest-timeout's (under the
+    compat), so that a suite half-way through its switch gets expire's."""
+    option = config.getoption(sources.option)
     if option is not None:
-        return option or None, "--expire-default"
+        return option or None, sources.flag
     if compat:
-        option = config.getoption(timeout_compat.TIMEOUT)
+        option = config.getoption(sources.compat_option)
         if option is not None:
-            # Refused empty, as --expire-default is: an unset shell variable is no choice.
-            return _checked(parse_duration, option, "--timeout") or None, "--timeout"
-    for variable in (ENV_DEFAULT, timeout_compat.ENV) if compat else (ENV_DEFAULT,):
+            # Refused empty, as expire's option is: an unset shell variable is no choice.
+            flag = "--" + sources.compat_option.replace("_", "-")
+            return _checked(parse_duration, option, flag) or None, flag
+    variables = [sources.variable]
+    if compat and sources.compat_variable is not None:
+        variables.append(sources.compat_variable)
+    for variable in variables:
         if os.environ.get(variable, "").strip():
             return _checked(
                 parse_seconds, os.environ[variable], f"environment {variable}"
             ), variable
-    ini = config.getini("expire_default")
+    ini = config.getini(sources.ini)
     if compat and not ini.strip():
-        ini = config.getini(timeout_compat.TIMEOUT)
-        return _checked(parse_seconds, ini, "ini timeout"), "ini timeout"
-    return _checked(parse_seconds, ini, "ini expire_default"), "ini"
+        where = f"ini {sources.compat_ini}"
+        return _checked(parse_seconds, config.getini(sources.compat_ini), where), where
+    return _checked(parse_seconds, ini, f"ini {sources.ini}"), sources.ini_label
 
 
 def _checked(parse: Callable[[_V], _T], value: _V, where: str) -> _T:
