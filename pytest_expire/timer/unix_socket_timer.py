@@ -21,12 +21,12 @@ died. This pair offers:
 - **Death is noticed.** When a client process exits or is killed, the kernel
   closes its connection; the server sees the end of the connection and drops
   that process's timers.
-- **The cheapest request.** Sending a message on a Unix socket costs
-  2-3 µs on a small VM (the kernel allocates a buffer per message, then
-  wakes the server), which is more than the budget of an acquire *and* a
-  release. So the socket is only the control channel. At connect the client
-  hands the server (``SCM_RIGHTS``) the read end of a pipe of its own;
-  requests are writes to that pipe (about 0.6 µs), and writes do not wake
+- **The cheapest request.** Sending a message on a Unix socket costs several
+  times a pipe write (the kernel allocates a buffer per message, then wakes
+  the server), more than the budget of an acquire *and* a release
+  (docs/benchmarks.md). So the socket is only the control channel. At
+  connect the client hands the server (``SCM_RIGHTS``) the read end of a
+  pipe of its own; requests are writes to that pipe, and writes do not wake
   the server. The server reads every pipe whenever it wakes, and before it
   sleeps it publishes in a shared page (a sealed ``memfd``, also handed over
   at connect) the time it will next wake. A client whose new deadline is
