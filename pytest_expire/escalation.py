@@ -36,18 +36,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pytest_expire import diagnose, dumps, offspring
+from pytest_expire.session_directory import child_expiries_path, is_supervised, write_diagnosis
 from pytest_expire.signals import INTERRUPT_SIGNAL, handles, send
 from pytest_expire.timer import debug_info_logging
 from pytest_expire.timer.api import FileTimerRequest
 from pytest_expire.timer.unix_socket_timer import UnixSocketTimerServer
 from pytest_expire.verdict import VerdictPage, wall_clock
-from pytest_expire.watchdog import (
-    TEST_SCOPE,
-    child_expiries_path,
-    is_supervised,
-    notice,
-    write_diagnosis,
-)
+from pytest_expire.watchdog import TEST_SCOPE, notice
 
 logger = logging.getLogger(__name__)
 

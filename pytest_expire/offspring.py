@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from pytest_expire import reaper, registry
 from pytest_expire.dumps import shortened
+from pytest_expire.session_directory import DIRECTORY_ENV, helpers_path, reaper_path
 from pytest_expire.signals import send
 from pytest_expire.verdict import monotonic_clock, page_path, start_time
-from pytest_expire.watchdog import DIRECTORY_ENV, helpers_path, reaper_path
 
 if TYPE_CHECKING:
     import psutil

@@ -33,6 +33,13 @@ from pytest_expire import (
 )
 from pytest_expire import report as expiry_report
 from pytest_expire.client import Link, current_link, new_link
+from pytest_expire.session_directory import (
+    ADDRESS_ENV,
+    DIRECTORY_ENV,
+    OWNER_ENV,
+    read_diagnosis,
+    take_child_expiries,
+)
 from pytest_expire.settings import (
     DEADLINE,
     ENV_DEFAULT,
@@ -46,15 +53,7 @@ from pytest_expire.settings import (
     timing_for,
 )
 from pytest_expire.verdict import boot_ticks, monotonic_clock, sleep
-from pytest_expire.watchdog import (
-    ADDRESS_ENV,
-    DIRECTORY_ENV,
-    OWNER_ENV,
-    SessionWatchdog,
-    begin_log,
-    read_diagnosis,
-    take_child_expiries,
-)
+from pytest_expire.watchdog import SessionWatchdog, begin_log
 from pytest_expire.xdist_support import (
     CoverageRescue,
     CrashReporter,

@@ -25,9 +25,10 @@ import sys
 from pathlib import Path
 
 from pytest_expire.escalation import Escalation
+from pytest_expire.session_directory import socket_path
 from pytest_expire.timer.lifetime import die_with_parent
 from pytest_expire.timer.unix_socket_timer import UnixSocketTimerServer, format_address
-from pytest_expire.watchdog import READY, socket_path
+from pytest_expire.watchdog import READY
 
 
 def main(argv: list[str]) -> None:

@@ -44,14 +44,15 @@ import pytest
 
 from pytest_expire import coverage_data, session_deadline
 from pytest_expire import report as expiry_report
-from pytest_expire.settings import DEADLINE
-from pytest_expire.verdict import monotonic_clock, wall_clock
-from pytest_expire.watchdog import (
-    SessionWatchdog,
+from pytest_expire.session_directory import (
     diagnosis_path,
     mark_supervised,
     read_kill,
+    xdist_worker_path,
 )
+from pytest_expire.settings import DEADLINE
+from pytest_expire.verdict import monotonic_clock, wall_clock
+from pytest_expire.watchdog import SessionWatchdog
 
 Phase = Literal["setup", "call", "teardown"]
 Location = tuple[str, int | None, str]
@@ -66,11 +67,6 @@ def is_controller(config: pytest.Config) -> bool:
         and bool(config.getoption("tx", None))
         and not config.getoption("collectonly")
     )
-
-
-def _worker_path(directory: Path, workerid: str) -> Path:
-    """Where xdist worker ``workerid`` tells the controller its PID and its deadlines."""
-    return directory / f"xdist-{workerid}.json"
 
 
 def announce_worker(config: pytest.Config, directory: Path, default: float | None) -> None:
@@ -89,7 +85,7 @@ def announce_worker(config: pytest.Config, directory: Path, default: float | Non
         if seconds is not None and seconds != default:
             deadlines[item.nodeid] = seconds
     workerid = config.workerinput["workerid"]  # type: ignore[attr-defined]
-    _worker_path(directory, workerid).write_text(
+    xdist_worker_path(directory, workerid).write_text(
         json.dumps({"pid": os.getpid(), "default": default, "deadlines": deadlines})
     )
 
@@ -249,7 +245,7 @@ class CrashReporter:
         if workerid is None:
             return None
         try:
-            announcement = json.loads(_worker_path(self.directory, workerid).read_text())
+            announcement = json.loads(xdist_worker_path(self.directory, workerid).read_text())
         except (OSError, ValueError):
             return None  # it armed no deadline
         killed = diagnosis_path(self.directory, announcement["pid"], killed=True).exists()
@@ -270,7 +266,7 @@ class CoverageRescue:
             return
         try:
             pid = json.loads(
-                _worker_path(self.directory, node.workerinput["workerid"]).read_text()
+                xdist_worker_path(self.directory, node.workerinput["workerid"]).read_text()
             )["pid"]
         except (OSError, ValueError):
             return  # it armed no deadline: it wrote no data as its tests ended
