@@ -1,6 +1,6 @@
 """What the watchdog reads and ends of a test's processes: stacks, and the kill.
 
-Runs in the watchdog process only (``watchdog_process``), called by the
+Runs in the watchdog process only (``watchdog_main``), called by the
 escalation of an expired test (``escalation``).
 """
 

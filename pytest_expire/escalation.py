@@ -1,6 +1,6 @@
 """What the watchdog does when a test's deadline passes: say so, diagnose, interrupt, kill.
 
-Runs in the watchdog process only (``watchdog_process``). The timer server
+Runs in the watchdog process only (``watchdog_main``). The timer server
 calls :class:`Escalation` from its loop when a test's timer expires; it
 writes the watchdog's word into the test's verdict page at once (from then
 on the test fails as expired, however it ends: ``verdict``) and hands the

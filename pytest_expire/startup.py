@@ -34,7 +34,7 @@ import sys
 #: imports nothing of ours.
 DIRECTORY_ENV = "PYTEST_EXPIRE_DIRECTORY"
 # How the session starts its watchdog (``watchdog.SessionWatchdog``).
-_WATCHDOG = ["-m", "pytest_expire.watchdog_process"]
+_WATCHDOG = ["-m", "pytest_expire.watchdog_main"]
 
 
 def join() -> None:

@@ -3,7 +3,7 @@
 One watchdog per session, started by the process the user started. It must
 act while the test's process is wedged (in C code that holds the GIL, say),
 so it is a :class:`~pytest_expire.timer.unix_socket_timer.UnixSocketTimerServer`
-in a process of its own (``watchdog_process``). Its address and the
+in a process of its own (``watchdog_main``). Its address and the
 directory it shares with the tests (``session_directory``) go into the
 environment, so every process of the session can reach it.
 
@@ -84,7 +84,7 @@ class SessionWatchdog:
             [
                 sys.executable,
                 "-m",
-                "pytest_expire.watchdog_process",
+                "pytest_expire.watchdog_main",
                 str(self.directory),
                 str(self._owner),
                 repr(self.grace),

@@ -251,7 +251,7 @@ def test_a_forked_child_of_a_joined_process_joins_too(tmp_path: Path) -> None:
         ("-I", "-c", "pass"),
         ("-S", "-c", "pass"),
         # The session's own watchdog (without its arguments it stops at once, after site ran).
-        ("-m", "pytest_expire.watchdog_process"),
+        ("-m", "pytest_expire.watchdog_main"),
     ],
     ids=["isolated", "no-site", "watchdog"],
 )

@@ -1,4 +1,4 @@
-"""The body of a session's watchdog process: ``python -m pytest_expire.watchdog_process``.
+"""The body of a session's watchdog process: ``python -m pytest_expire.watchdog_main``.
 
 :class:`~pytest_expire.watchdog.SessionWatchdog` starts it with
 :mod:`subprocess` rather than through the timer library's
