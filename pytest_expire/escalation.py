@@ -201,7 +201,7 @@ class Escalation:
         else:
             notice(f"{killing}. Its stacks:\n{dumps.render(dumps.parse(text))}")
         logger.info("%s; its stacks, read before the kill:\n%s", killing, text.rstrip())
-        diagnose.kill_tree(self.directory, pid, since)
+        offspring.kill_tree(self.directory, pid, since)
         send(pidfd, signal.SIGKILL)
 
 

@@ -342,6 +342,31 @@ def kill(offspring: list[Offspring]) -> None:
             os.close(pidfd)
 
 
+def kill_tree(directory: Path, pid: int, since: int) -> None:
+    """SIGKILL every process ``pid`` started and every process its test started
+    (``since``) wherever it went, the youngest first; none by a reused PID.
+
+    All of ``pid``'s descendants, however old: once it is killed, a replacement
+    runs its tests, and what its fixtures started is started again.
+    """
+    kill(
+        [
+            child
+            for child in of_session(directory, pid)
+            if child.started >= since or _descends_from(child.process, pid)
+        ]
+    )
+
+
+def _descends_from(process: psutil.Process, pid: int) -> bool:
+    import psutil
+
+    try:
+        return any(parent.pid == pid for parent in process.parents())
+    except psutil.Error:
+        return False
+
+
 def _open(child: Offspring) -> int | None:
     """A pidfd of ``child``, if it still runs (the PID not reused meanwhile)."""
     try:
