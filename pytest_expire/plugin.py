@@ -396,7 +396,7 @@ class ExpirePlugin:
             return
         expiries = take_child_expiries(link.directory, os.getpid())
         if expiries:
-            title = f"expired timers of processes {report.nodeid} started (found at teardown)"
+            title = expiry_report.child_expiries_title(report.nodeid)
             report.sections.append((title, dumps.render(dumps.parse(expiries))))
         children = offspring.attribute(
             offspring.of_test(link.directory, os.getpid(), link.page.test_started()),

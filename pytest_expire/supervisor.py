@@ -53,8 +53,8 @@ from pytest_expire import (
     session_overrun,
     worker,
 )
-from pytest_expire.exits import how_it_ended
 from pytest_expire.records import TestRecord, read_flags, read_records
+from pytest_expire.report import how_it_ended, notice
 from pytest_expire.session_directory import (
     ADDRESS_ENV,
     DIRECTORY_ENV,
@@ -65,7 +65,7 @@ from pytest_expire.session_directory import (
 )
 from pytest_expire.settings import DEADLINE, from_config
 from pytest_expire.signals import interrupt_main_thread
-from pytest_expire.watchdog import SessionWatchdog, begin_log, notice
+from pytest_expire.watchdog import SessionWatchdog, begin_log
 
 # Options that make pytest show something instead of running tests.
 _NOT_RUNNING = (

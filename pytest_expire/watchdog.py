@@ -28,6 +28,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from pytest_expire.report import notice
 from pytest_expire.session_directory import (
     ADDRESS_ENV,
     DIRECTORY_ENV,
@@ -220,14 +221,3 @@ def begin_log(path: Path) -> None:
     """Empty the watchdog's log file as the session begins: its watchdogs append to it
     (one started after another died goes on where that one stopped)."""
     path.write_bytes(b"")
-
-
-def notice(text: str) -> None:
-    """Tell the user something on stderr, at once, in one line that names the plugin.
-
-    On a line of its own: pytest's progress line (``test_suite.py ..F``) is
-    still open when a deadline passes, and neither this process nor the
-    watchdog knows its column; an empty line at worst.
-    """
-    sys.stderr.write(f"\npytest-expire: {text}\n")
-    sys.stderr.flush()

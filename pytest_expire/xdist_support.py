@@ -206,14 +206,13 @@ class CrashReporter:
                     else max(0.0, session.end - wall_clock() + crashed - started)
                 )
             report.longrepr = None  # xdist's "worker crashed": the failure says more
-            expiry_report.fail_as_expired(
+            expiry_report.fail_as_killed(
                 report,
                 self.config.hook,
                 seconds=seconds,
                 phase=progress.phase,
-                action=expiry_report.KILLED,
+                grace=self.grace,
                 stacks=stacks,
-                message=expiry_report.killed(crashitem, seconds, progress.phase, self.grace, label),
                 session=label,
             )
 
