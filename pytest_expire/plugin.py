@@ -1,10 +1,11 @@
 """The pytest plugin: every test under a deadline, watched from outside.
 
 Registered under the entry point name ``expire`` (so ``-p no:expire`` turns it
-off). This module holds the hooks; the pieces live beside it:
-``settings`` (deadlines from markers, options, environment, ini),
-``watchdog`` (the session's watchdog process), ``interrupt`` (failing the
-expired test in its process) and ``stacks`` (dumps taken from outside).
+off). This module holds the hooks; the pieces live beside it, one job each
+(docs/plugin.md, "Where things are", maps them): ``settings`` (deadlines
+from markers, options, environment, ini), ``client`` (this process's link
+to the session's watchdog), ``interrupt`` (failing the expired test in its
+process) and ``report`` (what the user reads of an expiry).
 """
 
 from __future__ import annotations
