@@ -128,18 +128,16 @@ class _Test:
             stop=stop,
         )
         if test.stacks and not test.finished:
-            seconds, label = test.seconds, None
-            if session is not None and (test.killed_at or 0.0) >= session.end:
-                # Killed at the session's deadline (``client.Link`` armed it, the earlier).
-                seconds, label = max(0.0, session.end - test.started), session.label
             expiry_report.fail_as_killed(
                 report,
                 self.hook,
-                seconds=seconds,
+                seconds=test.seconds,
                 phase=phase,
                 grace=grace,
                 stacks=test.stacks,
-                session=label,
+                killed_at=test.killed_at or 0.0,
+                started=test.started,
+                session=session,
             )
         else:
             report.longrepr = expiry_report.died(

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     import pytest
 
     from pytest_expire.pytest_internals import ExceptionChainRepr
+    from pytest_expire.session_deadline import SessionDeadline
 
 #: The attribute of an expired test's report that holds its record (a dict).
 RECORD = "pytest_expire"
@@ -211,14 +212,25 @@ def fail_as_killed(
     phase: str,
     grace: float,
     stacks: str,
-    session: str | None = None,
+    killed_at: float,
+    started: float | None,
+    session: SessionDeadline | None,
 ) -> None:
     """Make ``report`` the failure of a test whose process the watchdog killed ``grace``
     seconds after its interrupt, with the ``stacks`` it took then.
 
     Made in another process than the killed one (a supervisor's next worker,
     an xdist controller), which knows nothing of that process's threads.
+    ``killed_at`` is the token of the deadline the kill was about: if it is
+    the run's (``session``, armed when it came first: ``client.Link``), the
+    report names it, with the time the test had until it from its start
+    (``started``, a ``verdict.wall_clock`` time; None if unknown) instead of
+    the test's own ``seconds``.
     """
+    label = None
+    if session is not None and killed_at >= session.end:
+        label = session.label
+        seconds = None if started is None else max(0.0, session.end - started)
     fail_as_expired(
         report,
         hook,
@@ -226,8 +238,8 @@ def fail_as_killed(
         phase=phase,
         action=KILLED,
         stacks=stacks,
-        message=killed(report.nodeid, seconds, phase, grace, session),
-        session=session,
+        message=killed(report.nodeid, seconds, phase, grace, label),
+        session=label,
     )
 
 

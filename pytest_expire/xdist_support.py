@@ -193,27 +193,18 @@ class CrashReporter:
         taken = read_kill(self.directory, kill["pid"]) if kill else None
         if kill is not None and taken is not None:
             killed_at, stacks = taken
-            seconds = kill["deadlines"].get(crashitem, kill["default"])
-            session = session_deadline.of(self.config)
-            label = None
-            if session is not None and killed_at >= session.end:
-                # Killed at the session's deadline (the earlier one, as the worker armed it):
-                # the report gives the time the test had until it, from its start.
-                label = session.label
-                seconds = (
-                    None
-                    if started is None
-                    else max(0.0, session.end - wall_clock() + crashed - started)
-                )
             report.longrepr = None  # xdist's "worker crashed": the failure says more
             expiry_report.fail_as_killed(
                 report,
                 self.config.hook,
-                seconds=seconds,
+                seconds=kill["deadlines"].get(crashitem, kill["default"]),
                 phase=progress.phase,
                 grace=self.grace,
                 stacks=stacks,
-                session=label,
+                killed_at=killed_at,
+                # On the wall clock, as the session's deadline is.
+                started=None if started is None else wall_clock() - (crashed - started),
+                session=session_deadline.of(self.config),
             )
 
     def _stop_if_asked(self) -> None:
