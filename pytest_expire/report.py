@@ -269,7 +269,8 @@ def fail_as_expired(
     Last, other plugins add what they know (``hook``'s
     ``pytest_expire_expired``: ``newhooks``).
     """
-    from pytest_expire.pytest_internals import ExceptionChainRepr  # here: see the docstring above
+    # Imported here: the watchdog process imports this module, and no pytest.
+    from pytest_expire.pytest_internals import ExceptionChainRepr
 
     message = message or headline(report.nodeid, seconds, phase, session)
     processes = dumps.parse(stacks)
