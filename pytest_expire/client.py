@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from pytest_expire import interrupt, stacks
 from pytest_expire.interrupt import Deadline
 from pytest_expire.registry import TEST_PROCESS_ENV, TestStarts
+from pytest_expire.report import notice
 from pytest_expire.timer.unix_socket_timer import TimerServerError, UnixSocketTimerClient
 from pytest_expire.verdict import (
     Tokens,
@@ -38,7 +39,7 @@ from pytest_expire.verdict import (
     sleep,
     wall_clock,
 )
-from pytest_expire.watchdog import TEST_SCOPE, notice
+from pytest_expire.watchdog import TEST_SCOPE
 
 if TYPE_CHECKING:
     from pytest_expire.session_deadline import SessionDeadline

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_expire.watchdog import notice
+from pytest_expire.report import notice
 
 if TYPE_CHECKING:
     from coverage import Coverage, CoverageData

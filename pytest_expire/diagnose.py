@@ -1,7 +1,8 @@
-"""What the watchdog reads and ends of a test's processes: stacks, and the kill.
+"""What the watchdog reads of a test's processes at a deadline: their stacks, as one text.
 
-Runs in the watchdog process only (``watchdog_process``), called by the
-escalation of an expired test (``escalation``).
+Runs in the watchdog process only (``watchdog_main``), called by the
+escalation of an expired test (``escalation``), which kills through
+``offspring``.
 """
 
 from __future__ import annotations
@@ -57,29 +58,6 @@ def _stacks(
         f"{texts.get(process.pid, _UNREGISTERED)}"
         for process in processes
     )
-
-
-def kill_tree(directory: Path, pid: int, since: int) -> None:
-    """SIGKILL every process ``pid`` started and every process its test started
-    (``since``) wherever it went, the youngest first; none by a reused PID.
-
-    All of ``pid``'s descendants, however old: once it is killed, a replacement
-    runs its tests, and what its fixtures started is started again.
-    """
-    offspring.kill(
-        [
-            child
-            for child in offspring.of_session(directory, pid)
-            if child.started >= since or _descends_from(child.process, pid)
-        ]
-    )
-
-
-def _descends_from(process: psutil.Process, pid: int) -> bool:
-    try:
-        return any(parent.pid == pid for parent in process.parents())
-    except psutil.Error:
-        return False
 
 
 def _role(process: psutil.Process, test_process: int) -> str:

@@ -1,6 +1,6 @@
 """What the watchdog does when a test's deadline passes: say so, diagnose, interrupt, kill.
 
-Runs in the watchdog process only (``watchdog_process``). The timer server
+Runs in the watchdog process only (``watchdog_main``). The timer server
 calls :class:`Escalation` from its loop when a test's timer expires; it
 writes the watchdog's word into the test's verdict page at once (from then
 on the test fails as expired, however it ends: ``verdict``) and hands the
@@ -36,18 +36,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pytest_expire import diagnose, dumps, offspring
+from pytest_expire.report import child_expired, child_expired_heading, killing, notice
+from pytest_expire.session_directory import child_expiries_path, is_supervised, write_diagnosis
 from pytest_expire.signals import INTERRUPT_SIGNAL, handles, send
 from pytest_expire.timer import debug_info_logging
 from pytest_expire.timer.api import FileTimerRequest, Logged
 from pytest_expire.timer.unix_socket_timer import UnixSocketTimerServer
 from pytest_expire.verdict import VerdictPage, wall_clock
-from pytest_expire.watchdog import (
-    TEST_SCOPE,
-    child_expiries_path,
-    is_supervised,
-    notice,
-    write_diagnosis,
-)
+from pytest_expire.watchdog import TEST_SCOPE
 
 logger = logging.getLogger(__name__)
 
@@ -96,18 +92,16 @@ class Escalation:
         text = diagnose.stacks_of(self.directory, pid)
         scopes = ", ".join(repr(timer.scope_id) for timer in timers)
         owner = offspring.owner_of(self.directory, pid)
-        heading = f"--- process {pid}: its timers {scopes} expired ---"
-        where = ""
-        if owner is not None:
+        if owner is None:
+            notice(child_expired(pid, scopes))
+        else:
             with open(child_expiries_path(self.directory, owner.owner), "a") as expiries:
-                expiries.write(f"{heading}\n{text}")
+                expiries.write(f"{child_expired_heading(pid, scopes)}\n{text}")
             page = VerdictPage.of(self.directory, owner.owner)
             if page is not None:
                 page.note_joined()
                 page.close()
-            test = owner.nodeid or f"the test running in process {owner.owner}"
-            where = f", started by {test}: its stacks are in that test's report"
-        notice(f"the timers {scopes} of process {pid} expired{where}")
+            notice(child_expired(pid, scopes, owner.owner, owner.nodeid))
         return text
 
     def adopt_armed(self) -> int:
@@ -191,18 +185,14 @@ class Escalation:
             send(pidfd, signal.SIGCONT)  # it ended the test while its stacks were read
             return
         write_diagnosis(self.directory, pid, token, text, killed=True)
-        killing = (
-            f"the test running in process {pid} did not end {self.grace:g} s after its "
-            "interrupt; killing it"
-        )
         # Supervised, the stacks go into the test's report; otherwise this
         # is the last the user hears of the session.
-        if is_supervised(self.directory):
-            notice(killing)
-        else:
-            notice(f"{killing}. Its stacks:\n{dumps.render(dumps.parse(text))}")
-        logger.info("%s; its stacks, read before the kill:\n%s", killing, text.rstrip())
-        diagnose.kill_tree(self.directory, pid, since)
+        shown = None if is_supervised(self.directory) else dumps.render(dumps.parse(text))
+        notice(killing(pid, self.grace, shown))
+        logger.info(
+            "%s; its stacks, read before the kill:\n%s", killing(pid, self.grace), text.rstrip()
+        )
+        offspring.kill_tree(self.directory, pid, since)
         send(pidfd, signal.SIGKILL)
 
 

@@ -65,9 +65,11 @@ import pytest
 
 from pytest_expire import dumps, exit_notes, json_report, native_stacks, offspring, reaper, stacks
 from pytest_expire.pytest_internals import TerminalReporter, entry_points
+from pytest_expire.report import notice
+from pytest_expire.session_directory import DIRECTORY_ENV
 from pytest_expire.signals import DUMP_SIGNAL, handles, send
 from pytest_expire.verdict import sleep
-from pytest_expire.watchdog import DIRECTORY_ENV, SessionWatchdog, notice
+from pytest_expire.watchdog import SessionWatchdog
 from pytest_expire.xdist_support import is_controller
 
 #: Where an xdist worker tells the controller its PID, with its session's end.

@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from pytest_expire import reaper, registry
 from pytest_expire.dumps import shortened
+from pytest_expire.session_directory import DIRECTORY_ENV, helpers_path, reaper_path
 from pytest_expire.signals import send
 from pytest_expire.verdict import monotonic_clock, page_path, start_time
-from pytest_expire.watchdog import DIRECTORY_ENV, helpers_path, reaper_path
 
 if TYPE_CHECKING:
     import psutil
@@ -340,6 +340,31 @@ def kill(offspring: list[Offspring]) -> None:
         if pidfd is not None:
             send(pidfd, signal.SIGKILL)
             os.close(pidfd)
+
+
+def kill_tree(directory: Path, pid: int, since: int) -> None:
+    """SIGKILL every process ``pid`` started and every process its test started
+    (``since``) wherever it went, the youngest first; none by a reused PID.
+
+    All of ``pid``'s descendants, however old: once it is killed, a replacement
+    runs its tests, and what its fixtures started is started again.
+    """
+    kill(
+        [
+            child
+            for child in of_session(directory, pid)
+            if child.started >= since or _descends_from(child.process, pid)
+        ]
+    )
+
+
+def _descends_from(process: psutil.Process, pid: int) -> bool:
+    import psutil
+
+    try:
+        return any(parent.pid == pid for parent in process.parents())
+    except psutil.Error:
+        return False
 
 
 def _open(child: Offspring) -> int | None:

@@ -1,10 +1,11 @@
 """The pytest plugin: every test under a deadline, watched from outside.
 
 Registered under the entry point name ``expire`` (so ``-p no:expire`` turns it
-off). This module holds the hooks; the pieces live beside it:
-``settings`` (deadlines from markers, options, environment, ini),
-``watchdog`` (the session's watchdog process), ``interrupt`` (failing the
-expired test in its process) and ``stacks`` (dumps taken from outside).
+off). This module holds the hooks; the pieces live beside it, one job each
+(docs/plugin.md, "Where things are", maps them): ``settings`` (deadlines
+from markers, options, environment, ini), ``client`` (this process's link
+to the session's watchdog), ``interrupt`` (failing the expired test in its
+process) and ``report`` (what the user reads of an expiry).
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ from pytest_expire import (
 )
 from pytest_expire import report as expiry_report
 from pytest_expire.client import Link, current_link, new_link
+from pytest_expire.session_directory import (
+    ADDRESS_ENV,
+    DIRECTORY_ENV,
+    OWNER_ENV,
+    read_diagnosis,
+    take_child_expiries,
+)
 from pytest_expire.settings import (
     DEADLINE,
     ENV_DEFAULT,
@@ -46,15 +54,7 @@ from pytest_expire.settings import (
     timing_for,
 )
 from pytest_expire.verdict import boot_ticks, monotonic_clock, sleep
-from pytest_expire.watchdog import (
-    ADDRESS_ENV,
-    DIRECTORY_ENV,
-    OWNER_ENV,
-    SessionWatchdog,
-    begin_log,
-    read_diagnosis,
-    take_child_expiries,
-)
+from pytest_expire.watchdog import SessionWatchdog, begin_log
 from pytest_expire.xdist_support import (
     CoverageRescue,
     CrashReporter,
@@ -397,7 +397,7 @@ class ExpirePlugin:
             return
         expiries = take_child_expiries(link.directory, os.getpid())
         if expiries:
-            title = f"expired timers of processes {report.nodeid} started (found at teardown)"
+            title = expiry_report.child_expiries_title(report.nodeid)
             report.sections.append((title, dumps.render(dumps.parse(expiries))))
         children = offspring.attribute(
             offspring.of_test(link.directory, os.getpid(), link.page.test_started()),

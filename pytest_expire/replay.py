@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_expire import report as expiry_report
-from pytest_expire.exits import how_it_ended
 from pytest_expire.pytest_internals import TerminalReporter, TerminalWriter, timing, xml_key
 from pytest_expire.records import (
     PassedReport,
@@ -128,30 +127,21 @@ class _Test:
             start=start,
             stop=stop,
         )
-        if test.finished:
-            report.longrepr = (
-                f"{self.nodeid}: its process {how_it_ended(test.status, 'after this test ended')}"
-                ", before its session ended; the session went on in a new one"
-            )
-        elif test.stacks:
-            seconds, label = test.seconds, None
-            if session is not None and (test.killed_at or 0.0) >= session.end:
-                # Killed at the session's deadline (``client.Link`` armed it, the earlier).
-                seconds, label = max(0.0, session.end - test.started), session.label
-            expiry_report.fail_as_expired(
+        if test.stacks and not test.finished:
+            expiry_report.fail_as_killed(
                 report,
                 self.hook,
-                seconds=seconds,
+                seconds=test.seconds,
                 phase=phase,
-                action=expiry_report.KILLED,
+                grace=grace,
                 stacks=test.stacks,
-                message=expiry_report.killed(self.nodeid, seconds, phase, grace, label),
-                session=label,
+                killed_at=test.killed_at or 0.0,
+                started=test.started,
+                session=session,
             )
         else:
-            report.longrepr = (
-                f"{self.nodeid}: its process {how_it_ended(test.status, f'in {phase}')}; "
-                "the session went on in a new one"
+            report.longrepr = expiry_report.died(
+                self.nodeid, test.status, None if test.finished else phase
             )
         return report
 

@@ -1,11 +1,19 @@
-"""How the report of an expired test reads, whoever makes it: one wording, one shape.
+"""How an expired or killed test is told to the user, whoever tells it: one wording, one shape.
 
-Three places make such a report: the test's own process, when its
-interrupt landed or it ended past its deadline (``plugin``); a supervisor's
-next worker, after the watchdog killed the one that ran the test
-(``replay``); an xdist controller, after the watchdog killed a worker
-(``xdist_support``). Each goes through :func:`fail_as_expired`, so that a
-report reads the same serially and under xdist, in the terminal and in
+Every path an expiry takes ends here:
+
+- the test's own process, when its interrupt landed or it ended past its
+  deadline (``plugin``, and the interrupt's message: ``interrupt``);
+- a supervisor's next worker, after the watchdog killed the one that ran
+  the test, or after that one died of something else (``replay``);
+- an xdist controller, after the watchdog killed a worker
+  (``xdist_support``);
+- the watchdog, which says on stderr what it kills, and which processes'
+  own timers expired (``escalation``); the supervisor, which says when the
+  session's deadline passes outside the tests (``session_overrun``).
+
+Each report goes through :func:`fail_as_expired` (or :func:`fail_as_killed`),
+so that it reads the same serially and under xdist, in the terminal and in
 JUnit XML:
 
 - the short summary line and JUnit's ``message`` say ``expired after 2 s
@@ -20,24 +28,28 @@ JUnit XML:
   the threads of the test's process, which only that process knows). It
   survives xdist's and the supervisor's serialization of reports, being
   plain data.
+
+The watchdog process uses these words too, and imports no pytest (it
+starts while pytest collects): pytest's classes are imported where a
+report is made, in a pytest process.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
-from typing import Any
-
-import pluggy
-import pytest
+from typing import TYPE_CHECKING, Any
 
 from pytest_expire import dumps
-from pytest_expire.pytest_internals import (
-    ExceptionChainRepr,
-    ReprEntryNative,
-    ReprFileLocation,
-    ReprTraceback,
-)
-from pytest_expire.settings import format_seconds
+from pytest_expire.signals import name as signal_name
+
+if TYPE_CHECKING:
+    import pluggy
+    import pytest
+
+    from pytest_expire.pytest_internals import ExceptionChainRepr
+    from pytest_expire.session_deadline import SessionDeadline
 
 #: The attribute of an expired test's report that holds its record (a dict).
 RECORD = "pytest_expire"
@@ -46,6 +58,22 @@ INTERRUPTED = "interrupted"
 KILLED = "killed"
 #: The test ended past its deadline before its interrupt landed (or swallowed it).
 ENDED_LATE = "ended late"
+
+
+def notice(text: str) -> None:
+    """Tell the user something on stderr, at once, in one line that names the plugin.
+
+    On a line of its own: pytest's progress line (``test_suite.py ..F``) is
+    still open when a deadline passes, and neither this process nor the
+    watchdog knows its column; an empty line at worst.
+    """
+    sys.stderr.write(f"\npytest-expire: {text}\n")
+    sys.stderr.flush()
+
+
+def format_seconds(seconds: float) -> str:
+    """``2 s``, ``0.5 s``: a duration as every message writes it."""
+    return f"{seconds:g} s"
 
 
 def summary(seconds: float | None, phase: str, session: str | None = None) -> str:
@@ -79,6 +107,85 @@ def killed(
     )
 
 
+def killing(pid: int, grace: float, stacks: str | None = None) -> str:
+    """What the watchdog says (on stderr, in its log) as it kills a test's process; with
+    the ``stacks`` it took, where no report will show them."""
+    words = (
+        f"the test running in process {pid} did not end {format_seconds(grace)} after its "
+        "interrupt; killing it"
+    )
+    return words if stacks is None else f"{words}. Its stacks:\n{stacks}"
+
+
+def died(nodeid: str, status: int, phase: str | None) -> str:
+    """The failure of a test whose process died of something else than the watchdog's kill:
+    in ``phase``, or (None) after the test ended, before its session did."""
+    if phase is None:
+        return (
+            f"{nodeid}: its process {how_it_ended(status, 'after this test ended')}"
+            ", before its session ended; the session went on in a new one"
+        )
+    return (
+        f"{nodeid}: its process {how_it_ended(status, f'in {phase}')}; "
+        "the session went on in a new one"
+    )
+
+
+def how_it_ended(status: int, when: str) -> str:
+    """A process's wait status in words, ``when`` it happened.
+
+    ``died in call (SIGKILL)``, ``exited with status 0 in call``. Every
+    signal gets a name, whatever its number (``signals.name``): a process
+    killed by a real-time signal (whose default action is to terminate)
+    must still end in a report, not in a ``ValueError`` from
+    ``signal.Signals``.
+    """
+    if os.WIFSIGNALED(status):
+        return f"died {when} ({signal_name(os.WTERMSIG(status))})"
+    return f"exited with status {os.waitstatus_to_exitcode(status)} {when}"
+
+
+def child_expired(pid: int, scopes: str, owner: int | None = None, nodeid: str = "") -> str:
+    """What the watchdog says when process ``pid``'s own timers (``scopes``) expired: a
+    process that uses the timer library, started by the test ``nodeid`` that process
+    ``owner`` runs, if known."""
+    words = f"the timers {scopes} of process {pid} expired"
+    if owner is None:
+        return words
+    test = nodeid or f"the test running in process {owner}"
+    return f"{words}, started by {test}: its stacks are in that test's report"
+
+
+def child_expired_heading(pid: int, scopes: str) -> str:
+    """The heading of the stacks of process ``pid`` whose timers expired, in the report of
+    the test that started it."""
+    return f"--- process {pid}: its timers {scopes} expired ---"
+
+
+def child_expiries_title(nodeid: str) -> str:
+    """The title of the section of ``nodeid``'s report that holds those stacks."""
+    return f"expired timers of processes {nodeid} started (found at teardown)"
+
+
+def session_interrupting(session: str, where: str, stacks: str) -> str:
+    """What the supervisor says as it interrupts its worker at the session's deadline,
+    ``where`` no test's deadline holds (collecting, or past its last test)."""
+    return (
+        f"the session's deadline ({session}) passed while it was {where}, "
+        f"where no test's deadline holds; interrupting it (SIGINT). Its stacks:\n{stacks}"
+    )
+
+
+def session_killing(pid: int, patience: float, session: str, stacks: str) -> str:
+    """What the supervisor says as it kills its worker, which did not end ``patience``
+    seconds after that interrupt."""
+    return (
+        f"the process running the session (process {pid}) did not end "
+        f"{format_seconds(patience)} after its interrupt at the session's deadline "
+        f"({session}); killing it and the processes it started. Its stacks:\n{stacks}"
+    )
+
+
 def session_stopped(session: str, not_run: int | None) -> str:
     """Why the session stopped before its last test (``session.shouldstop``), which pytest
     shows above the summary's last line: how many tests did not run, where that is known
@@ -95,6 +202,45 @@ def _after(seconds: float | None, session: str | None) -> str:
     if session:
         seconds = round(seconds, 1) if seconds >= 1 else round(seconds, 2)
     return format_seconds(seconds)
+
+
+def fail_as_killed(
+    report: pytest.TestReport,
+    hook: pluggy.HookRelay,
+    *,
+    seconds: float | None,
+    phase: str,
+    grace: float,
+    stacks: str,
+    killed_at: float,
+    started: float | None,
+    session: SessionDeadline | None,
+) -> None:
+    """Make ``report`` the failure of a test whose process the watchdog killed ``grace``
+    seconds after its interrupt, with the ``stacks`` it took then.
+
+    Made in another process than the killed one (a supervisor's next worker,
+    an xdist controller), which knows nothing of that process's threads.
+    ``killed_at`` is the token of the deadline the kill was about: if it is
+    the run's (``session``, armed when it came first: ``client.Link``), the
+    report names it, with the time the test had until it from its start
+    (``started``, a ``verdict.wall_clock`` time; None if unknown) instead of
+    the test's own ``seconds``.
+    """
+    label = None
+    if session is not None and killed_at >= session.end:
+        label = session.label
+        seconds = None if started is None else max(0.0, session.end - started)
+    fail_as_expired(
+        report,
+        hook,
+        seconds=seconds,
+        phase=phase,
+        action=KILLED,
+        stacks=stacks,
+        message=killed(report.nodeid, seconds, phase, grace, label),
+        session=label,
+    )
 
 
 def fail_as_expired(
@@ -123,6 +269,9 @@ def fail_as_expired(
     Last, other plugins add what they know (``hook``'s
     ``pytest_expire_expired``: ``newhooks``).
     """
+    # Imported here: the watchdog process imports this module, and no pytest.
+    from pytest_expire.pytest_internals import ExceptionChainRepr
+
     message = message or headline(report.nodeid, seconds, phase, session)
     processes = dumps.parse(stacks)
     if thread_names is not None:
@@ -163,6 +312,13 @@ def _failure(
     """A failure shaped as pytest's own (what every reporter and xdist know how to
     carry), saying ``message`` and what else ``report`` said, and pointing where the
     test hung (else at the test)."""
+    from pytest_expire.pytest_internals import (
+        ExceptionChainRepr,
+        ReprEntryNative,
+        ReprFileLocation,
+        ReprTraceback,
+    )
+
     lines = [f"{message}\n"]
     if report.failed and report.longrepr:
         lines.append(f"\nIt also failed:\n{report.longrepr}\n")

@@ -38,10 +38,10 @@ from pathlib import Path
 
 from pytest_expire import dumps, offspring
 from pytest_expire.records import read_records
+from pytest_expire.report import notice, session_interrupting, session_killing
 from pytest_expire.session_deadline import SessionDeadline
 from pytest_expire.signals import interrupt_main_thread
 from pytest_expire.verdict import wall_clock
-from pytest_expire.watchdog import notice
 
 # How often the supervisor looks again while the worker is in a test past the deadline
 # (the watchdog enforces it there).
@@ -96,11 +96,7 @@ class SessionOverrun:
                 return min(timeout, due - now)
             self._interrupted_at = now
             where = "collecting its tests" if collecting else "past its last test"
-            notice(
-                f"the session's deadline ({deadline.label}) passed while it was {where}, "
-                f"where no test's deadline holds; interrupting it (SIGINT). "
-                f"Its stacks:\n{_stacks(directory, pid)}"
-            )
+            notice(session_interrupting(deadline.label, where, _stacks(directory, pid)))
             interrupt_main_thread(pid)
             return min(timeout, self._patience)
         due = self._interrupted_at + self._patience
@@ -113,11 +109,7 @@ class SessionOverrun:
             if directory is not None
             else [child for child in offspring.of_pids([pid]) if child.process.pid != pid]
         )
-        notice(
-            f"the process running the session (process {pid}) did not end {self._patience:g} s "
-            f"after its interrupt at the session's deadline ({deadline.label}); killing it "
-            f"and the processes it started. Its stacks:\n{text}"
-        )
+        notice(session_killing(pid, self._patience, deadline.label, text))
         os.kill(pid, signal.SIGSTOP)
         offspring.kill(left_running)
         os.kill(pid, signal.SIGKILL)

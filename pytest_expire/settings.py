@@ -18,6 +18,7 @@ from typing import NamedTuple, TypeVar
 import pytest
 
 from pytest_expire import timeout_compat
+from pytest_expire.report import format_seconds
 
 MARKER = "expires"
 #: The keyword of a marker that times each phase of its test on its own (``func_only=True``).
@@ -87,10 +88,6 @@ class Settings:
         return f"expire: {deadline}, grace {format_seconds(self.grace)}" + "".join(
             f", {note}" for note in notes if note
         )
-
-
-def format_seconds(seconds: float) -> str:
-    return f"{seconds:g} s"
 
 
 def parse_seconds(text: str | float | None) -> float | None:

@@ -30,10 +30,11 @@ from __future__ import annotations
 import os
 import sys
 
-#: ``watchdog.DIRECTORY_ENV``, spelt out: ``watchdog`` imports more than a start needs.
+#: ``session_directory.DIRECTORY_ENV``, spelt out: an interpreter that does not join
+#: imports nothing of ours.
 DIRECTORY_ENV = "PYTEST_EXPIRE_DIRECTORY"
 # How the session starts its watchdog (``watchdog.SessionWatchdog``).
-_WATCHDOG = ["-m", "pytest_expire.watchdog_process"]
+_WATCHDOG = ["-m", "pytest_expire.watchdog_main"]
 
 
 def join() -> None:

@@ -53,21 +53,19 @@ from pytest_expire import (
     session_overrun,
     worker,
 )
-from pytest_expire.exits import how_it_ended
 from pytest_expire.records import TestRecord, read_flags, read_records
-from pytest_expire.settings import DEADLINE, from_config
-from pytest_expire.signals import interrupt_main_thread
-from pytest_expire.watchdog import (
+from pytest_expire.report import how_it_ended, notice
+from pytest_expire.session_directory import (
     ADDRESS_ENV,
     DIRECTORY_ENV,
     OWNER_ENV,
-    SessionWatchdog,
-    begin_log,
     mark_supervised,
-    notice,
     read_kill,
     reaper_path,
 )
+from pytest_expire.settings import DEADLINE, from_config
+from pytest_expire.signals import interrupt_main_thread
+from pytest_expire.watchdog import SessionWatchdog, begin_log
 
 # Options that make pytest show something instead of running tests.
 _NOT_RUNNING = (

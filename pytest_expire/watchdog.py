@@ -1,18 +1,15 @@
-"""The session's watchdog as the pytest processes see it: started, reached, stopped.
+"""The session's watchdog process as the pytest processes see it: started, revived, stopped.
 
 One watchdog per session, started by the process the user started. It must
 act while the test's process is wedged (in C code that holds the GIL, say),
 so it is a :class:`~pytest_expire.timer.unix_socket_timer.UnixSocketTimerServer`
-in a process of its own (``watchdog_process``). Its address goes into the
+in a process of its own (``watchdog_main``). Its address and the
+directory it shares with the tests (``session_directory``) go into the
 environment, so every process of the session can reach it.
 
 A test's process arms one timer for its running test (``client``); when it
 expires, the watchdog says so in the process's verdict page, collects the
-stacks, interrupts, and kills after a grace period (``escalation``). The
-stacks go into a *diagnosis file* named after the process, which the
-process (or, after a kill, the supervisor) reads into the test's report;
-each starts with the token of the deadline it is about, so that a later
-test of the same process never shows an earlier one's stacks.
+stacks, interrupts, and kills after a grace period (``escalation``).
 
 This module is imported by every pytest process of a session, so it imports
 neither pytest (the watchdog process imports it too, and starts faster
@@ -31,6 +28,14 @@ import tempfile
 import threading
 from pathlib import Path
 
+from pytest_expire.report import notice
+from pytest_expire.session_directory import (
+    ADDRESS_ENV,
+    DIRECTORY_ENV,
+    OWNER_ENV,
+    helpers_path,
+    socket_path,
+)
 from pytest_expire.signals import name as signal_name
 from pytest_expire.timer.lifetime import WATCHDOG_READY_TIMEOUT as _READY_TIMEOUT
 from pytest_expire.timer.lifetime import WATCHDOG_STOP_TIMEOUT as _STOP_TIMEOUT
@@ -39,103 +44,12 @@ from pytest_expire.timer.unix_socket_timer import format_address
 #: The scope of the one timer a test's process arms for its running test.
 TEST_SCOPE = "test"
 
-#: Where the processes of a session find its watchdog's timer server (its address).
-ADDRESS_ENV = "PYTEST_EXPIRE_ADDRESS"
-#: Where the processes of a session find the directory they share with its watchdog.
-DIRECTORY_ENV = "PYTEST_EXPIRE_DIRECTORY"
-#: The PID of the process that started the watchdog: its workers are its children.
-OWNER_ENV = "PYTEST_EXPIRE_OWNER"
-
 # What the watchdog process writes once clients can connect.
 READY = b"ready\n"
 # How many times revive() starts a new watchdog that dies as it starts.
 _REVIVALS = 3
 # How often a keeper thread looks whether the watchdog was stopped.
 _WATCHDOG_CHECK = 1.0
-
-
-def diagnosis_path(directory: Path, pid: int, killed: bool = False) -> Path:
-    """Where the stacks taken at the interrupt (or the kill) of process ``pid``'s test go."""
-    return directory / f"{'killed' if killed else 'interrupted'}-{pid}.txt"
-
-
-def write_diagnosis(
-    directory: Path, pid: int, token: float, text: str, killed: bool = False
-) -> None:
-    """Leave the stacks of the test whose deadline is ``token`` for its report, atomically."""
-    path = diagnosis_path(directory, pid, killed)
-    partial = path.with_suffix(".partial")
-    partial.write_text(f"{token.hex()}\n{text}", encoding="utf-8")
-    partial.replace(path)
-
-
-def read_diagnosis(
-    directory: Path, pid: int, killed: bool = False, token: float | None = None
-) -> str | None:
-    """The stacks taken at the interrupt (or the kill) of process ``pid``'s test.
-
-    With ``token``, only those about that deadline. None if there are none
-    (yet). The file is removed once read: the next test of that process to
-    expire, or a later process with the same PID, must never find it.
-    """
-    taken = _take_diagnosis(diagnosis_path(directory, pid, killed), token)
-    return None if taken is None else taken[1]
-
-
-def read_kill(directory: Path, pid: int) -> tuple[float, str] | None:
-    """The token of the deadline at which the watchdog killed process ``pid``'s test (the
-    session's deadline, or the test's own: ``session_deadline``), and the stacks it took
-    then; None if it killed none. Removed once read, as :func:`read_diagnosis` does."""
-    return _take_diagnosis(diagnosis_path(directory, pid, killed=True), None)
-
-
-def _take_diagnosis(path: Path, token: float | None) -> tuple[float, str] | None:
-    try:
-        header, _, text = path.read_text(encoding="utf-8").partition("\n")
-    except FileNotFoundError:
-        return None
-    if token is not None and header != token.hex():
-        return None  # about another deadline: the one asked about has none yet
-    path.unlink(missing_ok=True)
-    return float.fromhex(header), text
-
-
-def child_expiries_path(directory: Path, pid: int) -> Path:
-    """Where the stacks of the processes whose own timers expired go, for the report of
-    the test that process ``pid`` runs (the test that started them)."""
-    return directory / f"child-expiries-{pid}.txt"
-
-
-def take_child_expiries(directory: Path, pid: int) -> str:
-    """The stacks written to :func:`child_expiries_path` since last taken; "" if none."""
-    path = child_expiries_path(directory, pid)
-    try:
-        # Renamed first: the watchdog may be appending another child's stacks.
-        taken = path.rename(path.with_suffix(".taken"))
-    except FileNotFoundError:
-        return ""
-    text = taken.read_text(encoding="utf-8", errors="replace")
-    taken.unlink()
-    return text
-
-
-def mark_supervised(directory: Path) -> None:
-    """Say that a killed test is reported by a process that survives it (with its stacks)."""
-    (directory / "supervised").touch()
-
-
-def is_supervised(directory: Path) -> bool:
-    return (directory / "supervised").exists()
-
-
-def helpers_path(directory: Path) -> Path:
-    """Where the session lists its own processes (the watchdog's), never diagnosed or killed."""
-    return directory / "helpers.pids"
-
-
-def reaper_path(directory: Path) -> Path:
-    """Where the session's child subreaper (its supervisor) leaves its PID."""
-    return directory / "reaper.pid"
 
 
 class SessionWatchdog:
@@ -171,7 +85,7 @@ class SessionWatchdog:
             [
                 sys.executable,
                 "-m",
-                "pytest_expire.watchdog_process",
+                "pytest_expire.watchdog_main",
                 str(self.directory),
                 str(self._owner),
                 repr(self.grace),
@@ -307,19 +221,3 @@ def begin_log(path: Path) -> None:
     """Empty the watchdog's log file as the session begins: its watchdogs append to it
     (one started after another died goes on where that one stopped)."""
     path.write_bytes(b"")
-
-
-def notice(text: str) -> None:
-    """Tell the user something on stderr, at once, in one line that names the plugin.
-
-    On a line of its own: pytest's progress line (``test_suite.py ..F``) is
-    still open when a deadline passes, and neither this process nor the
-    watchdog knows its column; an empty line at worst.
-    """
-    sys.stderr.write(f"\npytest-expire: {text}\n")
-    sys.stderr.flush()
-
-
-def socket_path(directory: Path) -> Path:
-    """Where the watchdog of the session with ``directory`` listens."""
-    return directory / "watchdog.sock"

@@ -44,14 +44,15 @@ import pytest
 
 from pytest_expire import coverage_data, session_deadline
 from pytest_expire import report as expiry_report
-from pytest_expire.settings import DEADLINE
-from pytest_expire.verdict import monotonic_clock, wall_clock
-from pytest_expire.watchdog import (
-    SessionWatchdog,
+from pytest_expire.session_directory import (
     diagnosis_path,
     mark_supervised,
     read_kill,
+    xdist_worker_path,
 )
+from pytest_expire.settings import DEADLINE
+from pytest_expire.verdict import monotonic_clock, wall_clock
+from pytest_expire.watchdog import SessionWatchdog
 
 Phase = Literal["setup", "call", "teardown"]
 Location = tuple[str, int | None, str]
@@ -66,11 +67,6 @@ def is_controller(config: pytest.Config) -> bool:
         and bool(config.getoption("tx", None))
         and not config.getoption("collectonly")
     )
-
-
-def _worker_path(directory: Path, workerid: str) -> Path:
-    """Where xdist worker ``workerid`` tells the controller its PID and its deadlines."""
-    return directory / f"xdist-{workerid}.json"
 
 
 def announce_worker(config: pytest.Config, directory: Path, default: float | None) -> None:
@@ -89,7 +85,7 @@ def announce_worker(config: pytest.Config, directory: Path, default: float | Non
         if seconds is not None and seconds != default:
             deadlines[item.nodeid] = seconds
     workerid = config.workerinput["workerid"]  # type: ignore[attr-defined]
-    _worker_path(directory, workerid).write_text(
+    xdist_worker_path(directory, workerid).write_text(
         json.dumps({"pid": os.getpid(), "default": default, "deadlines": deadlines})
     )
 
@@ -197,28 +193,18 @@ class CrashReporter:
         taken = read_kill(self.directory, kill["pid"]) if kill else None
         if kill is not None and taken is not None:
             killed_at, stacks = taken
-            seconds = kill["deadlines"].get(crashitem, kill["default"])
-            session = session_deadline.of(self.config)
-            label = None
-            if session is not None and killed_at >= session.end:
-                # Killed at the session's deadline (the earlier one, as the worker armed it):
-                # the report gives the time the test had until it, from its start.
-                label = session.label
-                seconds = (
-                    None
-                    if started is None
-                    else max(0.0, session.end - wall_clock() + crashed - started)
-                )
             report.longrepr = None  # xdist's "worker crashed": the failure says more
-            expiry_report.fail_as_expired(
+            expiry_report.fail_as_killed(
                 report,
                 self.config.hook,
-                seconds=seconds,
+                seconds=kill["deadlines"].get(crashitem, kill["default"]),
                 phase=progress.phase,
-                action=expiry_report.KILLED,
+                grace=self.grace,
                 stacks=stacks,
-                message=expiry_report.killed(crashitem, seconds, progress.phase, self.grace, label),
-                session=label,
+                killed_at=killed_at,
+                # On the wall clock, as the session's deadline is.
+                started=None if started is None else wall_clock() - (crashed - started),
+                session=session_deadline.of(self.config),
             )
 
     def _stop_if_asked(self) -> None:
@@ -249,7 +235,7 @@ class CrashReporter:
         if workerid is None:
             return None
         try:
-            announcement = json.loads(_worker_path(self.directory, workerid).read_text())
+            announcement = json.loads(xdist_worker_path(self.directory, workerid).read_text())
         except (OSError, ValueError):
             return None  # it armed no deadline
         killed = diagnosis_path(self.directory, announcement["pid"], killed=True).exists()
@@ -270,7 +256,7 @@ class CoverageRescue:
             return
         try:
             pid = json.loads(
-                _worker_path(self.directory, node.workerinput["workerid"]).read_text()
+                xdist_worker_path(self.directory, node.workerinput["workerid"]).read_text()
             )["pid"]
         except (OSError, ValueError):
             return  # it armed no deadline: it wrote no data as its tests ended

@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pytest_expire import startup, watchdog
+from pytest_expire import session_directory, startup
 from pytest_expire.signals import DUMP_SIGNAL
 
 HOOK = "pytest-expire.pth"
@@ -190,8 +190,8 @@ def test_the_hook_is_installed_and_current() -> None:
     installed = Path(sysconfig.get_paths()["purelib"]) / HOOK
     assert installed.is_file(), f"{HOOK} is missing from site-packages: pip install -e ."
     assert installed.read_text() == (CHECKOUT / HOOK).read_text(), "stale: pip install -e ."
-    assert startup.DIRECTORY_ENV == watchdog.DIRECTORY_ENV
-    assert f'"{watchdog.DIRECTORY_ENV}" in os.environ' in installed.read_text()
+    assert startup.DIRECTORY_ENV == session_directory.DIRECTORY_ENV
+    assert f'"{startup.DIRECTORY_ENV}" in os.environ' in installed.read_text()
 
 
 def test_outside_a_session_nothing_of_ours_is_imported() -> None:
@@ -251,7 +251,7 @@ def test_a_forked_child_of_a_joined_process_joins_too(tmp_path: Path) -> None:
         ("-I", "-c", "pass"),
         ("-S", "-c", "pass"),
         # The session's own watchdog (without its arguments it stops at once, after site ran).
-        ("-m", "pytest_expire.watchdog_process"),
+        ("-m", "pytest_expire.watchdog_main"),
     ],
     ids=["isolated", "no-site", "watchdog"],
 )

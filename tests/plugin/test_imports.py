@@ -17,7 +17,7 @@ def modules_after(statement: str) -> set[str]:
 
 def test_the_watchdog_process_does_not_import_pytest() -> None:
     # It starts while pytest collects, and a session's first test waits for it.
-    modules = modules_after("import pytest_expire.watchdog_process")
+    modules = modules_after("import pytest_expire.watchdog_main")
     assert "pytest_expire.diagnose" in modules
     assert not {name for name in modules if name.split(".")[0] in ("pytest", "_pytest")}
 

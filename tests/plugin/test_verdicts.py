@@ -21,7 +21,7 @@ import pytest
 from snippets import FOLLOWER, pytest_job, wait_until_exists
 
 from pytest_expire.registry import TEST_PROCESS_ENV
-from pytest_expire.watchdog import ADDRESS_ENV, DIRECTORY_ENV, OWNER_ENV
+from pytest_expire.session_directory import ADDRESS_ENV, DIRECTORY_ENV, OWNER_ENV
 
 ARGS = ("--expire-default=0.5", "--expire-grace=1", "-rA", "-p", "no:randomly")
 

@@ -1,4 +1,4 @@
-"""The body of a session's watchdog process: ``python -m pytest_expire.watchdog_process``.
+"""The body of a session's watchdog process: ``python -m pytest_expire.watchdog_main``.
 
 :class:`~pytest_expire.watchdog.SessionWatchdog` starts it with
 :mod:`subprocess` rather than through the timer library's
@@ -25,9 +25,10 @@ import sys
 from pathlib import Path
 
 from pytest_expire.escalation import Escalation
+from pytest_expire.session_directory import socket_path
 from pytest_expire.timer.lifetime import die_with_parent
 from pytest_expire.timer.unix_socket_timer import UnixSocketTimerServer, format_address
-from pytest_expire.watchdog import READY, socket_path
+from pytest_expire.watchdog import READY
 
 
 def main(argv: list[str]) -> None:
