@@ -24,6 +24,11 @@ REAP_RETRY_INTERVAL = 1.0
 W = TypeVar("W", bound=Hashable)
 
 
+def log_expired(worker_id: Hashable, scopes: list[str]) -> None:
+    """Say, before a worker is reaped, which of its timers expired."""
+    logger.info("reaping worker %r: %d timer(s) expired: %s", worker_id, len(scopes), scopes)
+
+
 def reap_no_throw(reap: Callable[[W], bool], worker_id: W) -> bool:
     """``reap(worker_id)``, with an exception logged and counted as reaped."""
     try:

@@ -15,7 +15,10 @@ from __future__ import annotations
 import heapq
 import logging
 from collections.abc import Hashable, Iterable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from pytest_expire.timer._guard import ReapGuard
 
 
 class _Timer(Protocol):
@@ -128,7 +131,7 @@ class TimerTable(Generic[T]):
             heapq.heapify(self._heap)
 
 
-def drop_timers_of_exited(timers: TimerTable[Any], worker_ids: Iterable[Hashable]) -> None:
+def _drop_timers_of_exited(timers: TimerTable[Any], worker_ids: Iterable[Hashable]) -> None:
     """Disarm every timer of workers known to have exited, and log what was dropped.
 
     Such a worker cannot be reaped any more, and its PID may be handed to a
@@ -143,6 +146,34 @@ def drop_timers_of_exited(timers: TimerTable[Any], worker_ids: Iterable[Hashable
                 len(dropped),
                 [timer.scope_id for timer in dropped],
             )
+
+
+def apply_requests(timers: TimerTable[T], guard: ReapGuard, requests: Iterable[T]) -> None:
+    """Apply a batch of requests in order, after dropping the timers of exited workers.
+
+    Exits are noticed before the batch is applied (``ReapGuard.notice_exits``):
+    a worker whose PID was reused since its timers were armed is forgotten with
+    them, so a new process with that PID is identified afresh and never
+    signalled for the old one's timers. A negative expiration time releases
+    the timer; any other arms it, and identifies its worker while its PID
+    surely names it.
+    """
+    _drop_timers_of_exited(timers, guard.notice_exits())
+    for request in requests:
+        if request.expiration_time < 0:
+            timers.remove(request.worker_id, request.scope_id)
+        else:
+            guard.identify(request.worker_id)
+            timers.set(request)
+
+
+def clear_workers(
+    timers: TimerTable[Any], guard: ReapGuard, worker_ids: Iterable[Hashable]
+) -> None:
+    """Disarm every timer of ``worker_ids``, and let the guard forget them."""
+    for worker_id in worker_ids:
+        timers.remove_worker(worker_id)
+        guard.forget(worker_id)
 
 
 def wait_timeout(

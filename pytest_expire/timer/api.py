@@ -24,7 +24,7 @@ from json.encoder import encode_basestring_ascii
 from types import TracebackType
 from typing import Any, cast
 
-from pytest_expire.timer._reaping import Reaper, reap_no_throw
+from pytest_expire.timer._reaping import Reaper, log_expired, reap_no_throw
 from pytest_expire.timer._table import wait_timeout
 from pytest_expire.timer._watchdog import Watchdog
 
@@ -289,12 +289,7 @@ class TimerServer(Watchdog):
         now = time.time()
         expired = self.get_expired_timers(now)
         for worker_id, expired_timers in expired.items():
-            logger.info(
-                "reaping worker %r: %d timer(s) expired: %s",
-                worker_id,
-                len(expired_timers),
-                [timer.scope_id for timer in expired_timers],
-            )
+            log_expired(worker_id, [timer.scope_id for timer in expired_timers])
         reaped = self._reaper.reap(expired, self._reap_worker, now, self._max_interval)
         self.clear_timers(reaped)
 

@@ -44,12 +44,8 @@ from signal import NSIG, SIGKILL
 from typing import TYPE_CHECKING, Any, cast
 
 from pytest_expire.timer._guard import ReapGuard
-from pytest_expire.timer._reaping import Reaper
-from pytest_expire.timer._table import (
-    TimerTable,
-    drop_timers_of_exited,
-    wait_timeout,
-)
+from pytest_expire.timer._reaping import Reaper, log_expired
+from pytest_expire.timer._table import TimerTable, apply_requests, clear_workers, wait_timeout
 from pytest_expire.timer._validation import (
     checked_expiration,
     checked_signal,
@@ -540,28 +536,14 @@ class FileTimerServer(Watchdog):
         return last if last > 0 else time.time()
 
     def register_timers(self, timer_requests: list[FileTimerRequest]) -> None:
-        """Arm the requested timers, or release those with a negative expiration time.
-
-        The timers of workers that have exited are dropped first (see
-        ``ReapGuard.notice_exits``): a new process that reuses such a PID is
-        identified afresh and never signalled for the old one's timers.
-        """
-        exited = self._guard.notice_exits()
-        if exited:
-            drop_timers_of_exited(self._timers, exited)
+        """Arm the requested timers, or release those with a negative expiration time,
+        after dropping the timers of workers that exited (``_table.apply_requests``)."""
         self._request_count += len(timer_requests)
-        for request in timer_requests:
-            if request.expiration_time < 0:
-                self._timers.remove(request.worker_id, request.scope_id)
-            else:
-                self._guard.identify(request.worker_id)
-                self._timers.set(request)
+        apply_requests(self._timers, self._guard, timer_requests)
 
     def clear_timers(self, worker_pids: set[int]) -> None:
         """Disarm every timer of the given workers."""
-        for pid in worker_pids:
-            self._timers.remove_worker(pid)
-            self._guard.forget(pid)
+        clear_workers(self._timers, self._guard, worker_pids)
 
     def get_expired_timers(self, deadline: float) -> dict[int, list[FileTimerRequest]]:
         """The timers with ``expiration_time <= deadline`` by worker, earliest first."""
@@ -727,12 +709,7 @@ class FileTimerServer(Watchdog):
                 logger.exception("error logging the expired timers")
         signals: dict[int, int] = {}
         for pid, timers in expired.items():
-            logger.info(
-                "worker %d: %d timer(s) expired: %s",
-                pid,
-                len(timers),
-                [timer.scope_id for timer in timers],
-            )
+            log_expired(pid, [timer.scope_id for timer in timers])
             for timer in timers:
                 self._emit("timer expired", timer)
             to_kill = next((timer for timer in timers if timer.signal > 0), None)

@@ -22,7 +22,7 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 from pytest_expire.timer._guard import ReapGuard
-from pytest_expire.timer._table import TimerTable, drop_timers_of_exited
+from pytest_expire.timer._table import TimerTable, apply_requests, clear_workers
 from pytest_expire.timer._validation import checked_expiration, is_valid_expiration
 from pytest_expire.timer.api import RequestQueue, TimerClient, TimerRequest, TimerServer
 
@@ -142,29 +142,18 @@ class LocalTimerServer(TimerServer):
         self._guard.admit(pid)
 
     def register_timers(self, timer_requests: list[TimerRequest]) -> None:
-        """Apply a batch of requests in order, after dropping the timers of exited workers.
-
-        Exits are noticed before the batch is applied (see
-        ``ReapGuard.notice_exits``): a worker whose PID was reused since its
-        timers were armed is forgotten with them, so a new process with that
-        PID is identified afresh and never reaped for the old one's timers.
-        """
-        exited = self._guard.notice_exits()
-        if exited:
-            drop_timers_of_exited(self._timers, exited)
+        """Apply a batch of well-formed requests in order, after dropping the timers of
+        exited workers (``_table.apply_requests``); a malformed one is logged and dropped."""
+        well_formed = []
         for request in timer_requests:
-            if not _is_well_formed(request):
-                logger.warning("dropping malformed timer request %r", request)
-            elif request.expiration_time < 0:
-                self._timers.remove(request.worker_id, request.scope_id)
+            if _is_well_formed(request):
+                well_formed.append(request)
             else:
-                self._guard.identify(request.worker_id)
-                self._timers.set(request)
+                logger.warning("dropping malformed timer request %r", request)
+        apply_requests(self._timers, self._guard, well_formed)
 
     def clear_timers(self, worker_ids: set[Any]) -> None:
-        for worker_id in worker_ids:
-            self._timers.remove_worker(worker_id)
-            self._guard.forget(worker_id)
+        clear_workers(self._timers, self._guard, worker_ids)
 
     def get_expired_timers(self, deadline: float) -> dict[Any, list[TimerRequest]]:
         return self._timers.expired(deadline)
