@@ -286,9 +286,11 @@ class UnsupervisedExit:
         )
         sys.stderr.write(overdue.notice())
         sys.stderr.flush()
-        offspring.kill(left)
+        # The report first: a killed child ends the main thread's wait for it,
+        # and the process may then exit before this thread's next line.
         if report is not None:
             report.add_leftovers([overdue.as_json()])
+        offspring.kill(left)
 
 
 @dataclass
