@@ -144,7 +144,9 @@ def make_server(fifo: str) -> Iterator[Callable[..., FileTimerServer]]:
 def spawn(
     procs: list[subprocess.Popen[bytes]], script: str, *args: object
 ) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdout=subprocess.PIPE)
+    # An int as its digits: Python 3.10 writes a signal as "Signals.SIGKILL".
+    words = [str(int(arg)) if isinstance(arg, int) else str(arg) for arg in args]
+    proc = subprocess.Popen([sys.executable, "-c", script, *words], stdout=subprocess.PIPE)
     procs.append(proc)
     return proc
 
