@@ -4,7 +4,7 @@
 :mod:`subprocess` rather than through the timer library's
 ``start(process=True)``: a fresh interpreter that imports only the timer
 server (multiprocessing's ``spawn`` re-imports pytest's ``__main__`` in the
-child, some 0.3 s per session), and no multiprocessing bookkeeping in the
+child, a large part of a session's start), and no multiprocessing bookkeeping in the
 pytest process, whose forked workers would inherit it and, at their exit,
 terminate the watchdog as a child of theirs.
 
