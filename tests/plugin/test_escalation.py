@@ -79,8 +79,8 @@ def test_an_interrupt_wakes_the_main_thread_asleep_in_c_beside_other_threads() -
                 listener.bind(("127.0.0.1", 0))
                 listener.listen()
                 threading.Thread(target=listener.accept, daemon=True).start()
-                print("ready", flush=True)
                 try:
+                    print("ready", flush=True)
                     time.sleep(60)
                 except KeyboardInterrupt:
                     print("interrupted", flush=True)
