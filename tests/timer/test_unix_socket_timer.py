@@ -515,6 +515,24 @@ def test_acquire_many_checks_every_timer(
         client.acquire_many(timers)
 
 
+def _kill_a_hung_child(server: UnixSocketTimerServer) -> int:
+    """Start ``server``, have it kill a child that hangs past its timer, stop it; the
+    child's PID."""
+    server.start()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", PRELUDE + textwrap.dedent(HANG)], env=env_of(server)
+        )
+        try:
+            assert child.wait(timeout=10) == -signal.SIGKILL
+        finally:
+            child.kill()
+            child.wait()
+    finally:
+        server.stop()
+    return child.pid
+
+
 def test_on_expired_is_told_first_and_its_text_is_logged(
     caplog_info: pytest.LogCaptureFixture,
 ) -> None:
@@ -526,22 +544,11 @@ def test_on_expired_is_told_first_and_its_text_is_logged(
         return f"stacks of {pid}"
 
     server = UnixSocketTimerServer(run_id="my-run", on_expired=on_expired)
-    server.start()
-    try:
-        child = subprocess.Popen(
-            [sys.executable, "-c", PRELUDE + textwrap.dedent(HANG)], env=env_of(server)
-        )
-        try:
-            assert child.wait(timeout=10) == -signal.SIGKILL
-        finally:
-            child.kill()
-            child.wait()
-    finally:
-        server.stop()
-    assert [(pid, [t.scope_id for t in timers]) for pid, timers in calls] == [(child.pid, ["hang"])]
+    child_pid = _kill_a_hung_child(server)
+    assert [(pid, [t.scope_id for t in timers]) for pid, timers in calls] == [(child_pid, ["hang"])]
     assert calls[0][1][0].signal == signal.SIGKILL
     assert "Timers expired for run:[my-run]" in caplog_info.text
-    assert f"stacks of {child.pid}" in caplog_info.text
+    assert f"stacks of {child_pid}" in caplog_info.text
 
 
 def test_an_expiry_on_expired_logs_itself_is_left_out_of_the_servers_record(
@@ -552,18 +559,7 @@ def test_an_expiry_on_expired_logs_itself_is_left_out_of_the_servers_record(
     server = UnixSocketTimerServer(
         run_id="my-run", on_expired=lambda pid, timers: Logged.BY_CALLBACK
     )
-    server.start()
-    try:
-        child = subprocess.Popen(
-            [sys.executable, "-c", PRELUDE + textwrap.dedent(HANG)], env=env_of(server)
-        )
-        try:
-            assert child.wait(timeout=10) == -signal.SIGKILL
-        finally:
-            child.kill()
-            child.wait()
-    finally:
-        server.stop()
+    _kill_a_hung_child(server)
     assert "Timers expired" not in caplog_info.text
 
 
