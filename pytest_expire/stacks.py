@@ -27,7 +27,6 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import IO
 
 from pytest_expire import registry
 from pytest_expire.signals import DUMP_SIGNAL, handles
@@ -39,10 +38,13 @@ _DUMP_TIMEOUT = 1.0
 _DUMP_SETTLE = 0.05
 
 # This process's registrations, the one in force last: each a session's
-# directory and the dump file there. A process that joined a session
-# (``startup``) and runs a session of its own (a pytest run that a test
-# started) dumps into its own session's file while that runs.
-_registered: list[tuple[Path, IO[str]]] = []
+# directory and the descriptor of the dump file there. A process that joined
+# a session (``startup``) and runs a session of its own (a pytest run that a
+# test started) dumps into its own session's file while that runs. The
+# descriptors are raw ones: a process that joined a session keeps its file
+# open until it exits, and a file object would warn of that (ResourceWarning)
+# when it is collected at exit, an error where warnings are.
+_registered: list[tuple[Path, int]] = []
 
 
 def dump_file(directory: Path, pid: int) -> Path | None:
@@ -60,9 +62,9 @@ def register(directory: Path) -> None:
     into a file of its own in ``directory``, until :func:`unregister`."""
     path = dump_file(directory, os.getpid())
     assert path is not None, "this process exists"
-    stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by unregister)
-    faulthandler.register(DUMP_SIGNAL, file=stream, all_threads=True, chain=False)
-    _registered.append((directory, stream))
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    faulthandler.register(DUMP_SIGNAL, file=fd, all_threads=True, chain=False)
+    _registered.append((directory, fd))
 
 
 def _reregister_in_child() -> None:
@@ -78,8 +80,8 @@ def _reregister_in_child() -> None:
         return
     directory = _registered[-1][0]
     # The parent's files are the parent's: the child dumps into its own.
-    for _, stream in _registered:
-        stream.close()
+    for _, fd in _registered:
+        os.close(fd)
     _registered.clear()
     try:
         register(directory)
@@ -97,7 +99,7 @@ def unregister() -> None:
     it applies again, or none; forked children follow."""
     if not _registered:
         return
-    _registered.pop()[1].close()
+    os.close(_registered.pop()[1])
     if _registered:
         faulthandler.register(DUMP_SIGNAL, file=_registered[-1][1], all_threads=True, chain=False)
     else:
