@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing.process
+import os
+import random
 import select
 import subprocess
 import time
@@ -12,8 +14,10 @@ from typing import Protocol, TypeVar
 import pytest
 
 # Starting a process with a chosen PID races with every other process that
-# starts meanwhile; this many tries make losing every time unlikely.
-_PID_ATTEMPTS = 50
+# starts meanwhile: the tests of other xdist workers start them in bursts.
+# Tries go on this long, a short random pause apart, to outlast a burst.
+_PID_TRIES_FOR = 15.0
+_PID_PAUSE = 0.02
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 5.0) -> None:
@@ -61,14 +65,20 @@ def start_with_pid(pid: int, start: Callable[[], P], discard: Callable[[P], None
     discarded and this tries again. Setting it takes CAP_SYS_ADMIN (root):
     without it the test is skipped.
     """
-    for _ in range(_PID_ATTEMPTS):
+    give_up_at = time.monotonic() + _PID_TRIES_FOR
+    while time.monotonic() < give_up_at:
         try:
             with open("/proc/sys/kernel/ns_last_pid", "w") as last_pid:
                 last_pid.write(str(pid - 1))
         except OSError as exc:
             pytest.skip(f"cannot choose the next PID: {exc}")
+        if os.path.exists(f"/proc/{pid}"):
+            # Another process (or thread) won a race for it: wait for its end.
+            time.sleep(_PID_PAUSE)
+            continue
         process = start()
         if process.pid == pid:
             return process
         discard(process)
-    raise AssertionError(f"no process got PID {pid} in {_PID_ATTEMPTS} attempts")
+        time.sleep(random.uniform(0, _PID_PAUSE))
+    raise AssertionError(f"no process got PID {pid} in {_PID_TRIES_FOR} s")
