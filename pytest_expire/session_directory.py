@@ -17,7 +17,8 @@ that no single module owns:
 - ``supervised``: a process that survives a killed test reports it
   (:func:`mark_supervised`);
 - ``helpers.pids``, ``reaper.pid``: the session's own processes, and its
-  child subreaper (:func:`helpers_path`, :func:`reaper_path`);
+  child subreaper (:func:`record_helpers`, :func:`helpers_path`,
+  :func:`record_reaper`, :func:`reaper_path`);
 - ``xdist-WORKERID.json``: what an xdist worker tells its controller of
   itself (:func:`xdist_worker_path`).
 
@@ -59,9 +60,14 @@ def write_diagnosis(
     The token comes first, so that a later test of the same process never
     shows an earlier one's stacks.
     """
-    path = diagnosis_path(directory, pid, killed)
+    _write_atomically(diagnosis_path(directory, pid, killed), f"{token.hex()}\n{text}")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` at once: a reader finds the old text or the new
+    one, never a file truncated and not yet written."""
     partial = path.with_suffix(".partial")
-    partial.write_text(f"{token.hex()}\n{text}", encoding="utf-8")
+    partial.write_text(text, encoding="utf-8")
     partial.replace(path)
 
 
@@ -129,9 +135,22 @@ def helpers_path(directory: Path) -> Path:
     return directory / "helpers.pids"
 
 
+def record_helpers(directory: Path, pids: list[int]) -> None:
+    """List the session's own processes at :func:`helpers_path`, atomically: while
+    the watchdog is started again, a diagnosis of a test's processes that read
+    an empty list would take the new watchdog for one of them."""
+    _write_atomically(helpers_path(directory), " ".join(map(str, pids)))
+
+
 def reaper_path(directory: Path) -> Path:
     """Where the session's child subreaper (its supervisor) leaves its PID."""
     return directory / "reaper.pid"
+
+
+def record_reaper(directory: Path, pid: int) -> None:
+    """Leave the PID of the session's child subreaper at :func:`reaper_path`,
+    atomically (it is written again for each worker, while others may read it)."""
+    _write_atomically(reaper_path(directory), str(pid))
 
 
 def xdist_worker_path(directory: Path, workerid: str) -> Path:

@@ -61,7 +61,7 @@ from pytest_expire.session_directory import (
     OWNER_ENV,
     mark_supervised,
     read_kill,
-    reaper_path,
+    record_reaper,
 )
 from pytest_expire.settings import DEADLINE, from_config
 from pytest_expire.signals import interrupt_main_thread
@@ -367,7 +367,7 @@ class Supervisor:
         self.watchdog.wait_ready()
         mark_supervised(self.watchdog.directory)
         if self.reaper:
-            reaper_path(self.watchdog.directory).write_text(str(os.getpid()))
+            record_reaper(self.watchdog.directory, os.getpid())
         environment = {
             ADDRESS_ENV: self.watchdog.address,
             DIRECTORY_ENV: str(self.watchdog.directory),

@@ -33,7 +33,7 @@ from pytest_expire.session_directory import (
     ADDRESS_ENV,
     DIRECTORY_ENV,
     OWNER_ENV,
-    helpers_path,
+    record_helpers,
     socket_path,
 )
 from pytest_expire.signals import name as signal_name
@@ -94,7 +94,7 @@ class SessionWatchdog:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
         )
-        helpers_path(self.directory).write_text(str(process.pid))
+        record_helpers(self.directory, [process.pid])
         self._ready = False
         return process
 

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -20,8 +21,9 @@ import psutil
 import pytest
 from snippets import FOLLOWER, pytest_job, wait_until_exists
 
+from pytest_expire.offspring import helper_pids
 from pytest_expire.registry import TEST_PROCESS_ENV
-from pytest_expire.session_directory import ADDRESS_ENV, DIRECTORY_ENV, OWNER_ENV
+from pytest_expire.session_directory import ADDRESS_ENV, DIRECTORY_ENV, OWNER_ENV, record_helpers
 
 ARGS = ("--expire-default=0.5", "--expire-grace=1", "-rA", "-p", "no:randomly")
 
@@ -465,6 +467,28 @@ def test_a_watchdog_killed_again_as_it_starts_is_started_again(pytester: pytest.
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(["*test_hangs expired after 0.5 s (in call)*"])
     assert result.duration < 20
+
+
+def test_the_watchdogs_pid_is_never_read_half_written(tmp_path: Path) -> None:
+    # While the watchdog is started again, a diagnosis of a test's processes
+    # reads the list of the session's own: an empty one would leave the new
+    # watchdog to be diagnosed and ended with the test's processes.
+    record_helpers(tmp_path, [1000])
+    done = threading.Event()
+
+    def restart_again_and_again() -> None:
+        while not done.is_set():
+            record_helpers(tmp_path, [1001])
+            record_helpers(tmp_path, [1000])
+
+    writer = threading.Thread(target=restart_again_and_again)
+    writer.start()
+    try:
+        seen = [helper_pids(tmp_path) for _ in range(20_000)]
+    finally:
+        done.set()
+        writer.join()
+    assert {tuple(pids) for pids in seen} <= {(1000,), (1001,)}
 
 
 def test_a_fake_clock_that_raises_does_not_break_the_session(pytester: pytest.Pytester) -> None:
