@@ -28,6 +28,7 @@ from array import array
 from pathlib import Path
 from typing import NamedTuple
 
+from pytest_expire.session_directory import write_atomically
 from pytest_expire.verdict import VerdictPage, start_time
 
 #: What pytest puts in the environment while a test runs: "NODEID (PHASE)".
@@ -74,10 +75,8 @@ def join(directory: Path, test: str | None = None) -> Entry | None:
         owner = 0
     entry = Entry(pid, started, os.getppid(), owner, test)
     path = directory / f"{_PREFIX}{pid}-{started}"
-    partial = directory / f".{path.name}.partial"
     try:
-        partial.write_text(json.dumps({"ppid": entry.ppid, "owner": owner, "test": test}))
-        partial.replace(path)
+        write_atomically(path, json.dumps({"ppid": entry.ppid, "owner": owner, "test": test}))
     except OSError:  # the session is over and its directory gone
         return None
     if owner and owner != pid:

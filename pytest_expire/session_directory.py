@@ -60,13 +60,14 @@ def write_diagnosis(
     The token comes first, so that a later test of the same process never
     shows an earlier one's stacks.
     """
-    _write_atomically(diagnosis_path(directory, pid, killed), f"{token.hex()}\n{text}")
+    write_atomically(diagnosis_path(directory, pid, killed), f"{token.hex()}\n{text}")
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     """Replace ``path`` by ``text`` at once: a reader finds the old text or the new
-    one, never a file truncated and not yet written."""
-    partial = path.with_suffix(".partial")
+    one, never a file truncated and not yet written. The text is written first
+    beside it, under a hidden name that no reader's pattern matches."""
+    partial = path.with_name(f".{path.name}.partial")
     partial.write_text(text, encoding="utf-8")
     partial.replace(path)
 
@@ -139,7 +140,7 @@ def record_helpers(directory: Path, pids: list[int]) -> None:
     """List the session's own processes at :func:`helpers_path`, atomically: while
     the watchdog is started again, a diagnosis of a test's processes that read
     an empty list would take the new watchdog for one of them."""
-    _write_atomically(helpers_path(directory), " ".join(map(str, pids)))
+    write_atomically(helpers_path(directory), " ".join(map(str, pids)))
 
 
 def reaper_path(directory: Path) -> Path:
@@ -150,7 +151,7 @@ def reaper_path(directory: Path) -> Path:
 def record_reaper(directory: Path, pid: int) -> None:
     """Leave the PID of the session's child subreaper at :func:`reaper_path`,
     atomically (it is written again for each worker, while others may read it)."""
-    _write_atomically(reaper_path(directory), str(pid))
+    write_atomically(reaper_path(directory), str(pid))
 
 
 def xdist_worker_path(directory: Path, workerid: str) -> Path:
