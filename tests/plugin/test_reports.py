@@ -59,13 +59,9 @@ def test_an_interrupted_a_late_and_a_killed_test(
         *ARGS, "-p", "no:randomly", "-rA", "--junitxml=report.xml", *workers, timeout=120
     )
     result.assert_outcomes(passed=3, failed=3)
-    result.stdout.fnmatch_lines(
-        [
-            "PASSED test_ends_late.py::test_still_runs",
-            "PASSED test_interrupted.py::test_still_runs",
-            "PASSED test_killed.py::test_still_runs",
-        ]
-    )
+    # Each module's follower passed; under xdist, in the order the workers ended them.
+    for module in ("test_ends_late", "test_interrupted", "test_killed"):
+        result.stdout.fnmatch_lines([f"PASSED {module}.py::test_still_runs"])
     assert "_pytest/runner.py" not in result.stdout.str()
 
     # Interrupted: its stacks, folded, where it waits.
